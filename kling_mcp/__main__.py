@@ -1,0 +1,3 @@
+from kling_mcp.cli import main
+
+raise SystemExit(main())

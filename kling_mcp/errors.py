@@ -1,0 +1,152 @@
+"""One exception tree for kling-mcp.
+
+    KlingError                       every error this package raises; .hint says what to do next
+    ├── ConfigurationError           bad settings or environment; the server will not start
+    ├── InvalidInputError            a request broke a limit; caught before anything is paid for
+    ├── GatewayError                 the gateway answered with an error, or could not be reached
+    │   ├── AuthenticationError      401/403: missing or wrong API key
+    │   ├── InsufficientCreditsError 402: out of balance
+    │   ├── GatewayValidationError   400 and other 4xx: the gateway refused the request body
+    │   ├── NotFoundError            404: no such request id
+    │   ├── RateLimitError           429: slow down; .retry_after
+    │   ├── UpstreamServerError      5xx: transient
+    │   ├── ChallengePageError       an HTML (bot-challenge) page where JSON was expected
+    │   └── GatewayConnectionError   transport failure or timeout; .maybe_sent for submits
+    ├── JobError                     a job could not produce a video
+    │   ├── JobNotFoundError         no job with that request id
+    │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
+    └── DownloadError                the finished video could not be saved locally
+
+Lower-level errors (httpx2, sqlite3, av) are translated at the boundary where they occur, so callers only ever
+handle these types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KlingError(Exception):
+    """Base of every kling-mcp error. ``hint`` is advice a model or a person can act on."""
+
+    code: str = "kling_error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class ConfigurationError(KlingError):
+    code = "configuration"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class InvalidInputError(KlingError):
+    """A value broke a limit. Names the field, the limit, the value given and the fix."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, limit: str, value: Any, fix: str) -> None:
+        self.field = field
+        self.limit = limit
+        self.value = value
+        self.fix = fix
+        super().__init__(f"Invalid {field}: must be {limit}; got {_show(value)}.", hint=f"Fix: {fix}.")
+
+
+class GatewayError(KlingError):
+    """The gateway answered with an error status, or could not be reached."""
+
+    code = "gateway_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        gateway_message: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+        self.request_id = request_id
+        self.gateway_message = gateway_message
+
+
+class AuthenticationError(GatewayError):
+    code = "authentication"
+
+
+class InsufficientCreditsError(GatewayError):
+    code = "insufficient_credits"
+
+
+class GatewayValidationError(GatewayError):
+    code = "gateway_validation"
+
+
+class NotFoundError(GatewayError):
+    code = "not_found"
+
+
+class RateLimitError(GatewayError):
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class UpstreamServerError(GatewayError):
+    code = "upstream_server"
+    retryable = True
+
+
+class ChallengePageError(GatewayError):
+    code = "challenge_page"
+    retryable = True
+
+
+class GatewayConnectionError(GatewayError):
+    """Transport failure or timeout. ``maybe_sent`` is True when the request may have reached the gateway."""
+
+    code = "connection"
+    retryable = True
+
+    def __init__(self, message: str, *, maybe_sent: bool, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.maybe_sent = maybe_sent
+
+
+class JobError(KlingError):
+    code = "job_error"
+
+
+class JobNotFoundError(JobError):
+    code = "job_not_found"
+
+
+class GenerationFailedError(JobError):
+    """The gateway ended a job FAILED (content/generation) or ERROR (system; not charged, free to retry)."""
+
+    code = "generation_failed"
+
+    def __init__(self, message: str, *, status: str, charged: bool | None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.charged = charged
+
+
+class DownloadError(KlingError):
+    code = "download"
