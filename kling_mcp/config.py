@@ -130,7 +130,8 @@ def _parse_size(text: str) -> tuple[int, int]:
         ) from None
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise ConfigurationError(
-            f"KLING_MCP_SANDBOX_RENDER_SIZE={text!r} must be even sides of at least 16 px.", hint="Use e.g. 320x180."
+            f"KLING_MCP_SANDBOX_RENDER_SIZE={text!r} must be even sides of at least 16 px.",
+            hint="Use e.g. 320x180.",
         )
     return w, h
 

@@ -11,7 +11,8 @@
     │   ├── RateLimitError           429: slow down; .retry_after
     │   ├── UpstreamServerError      5xx: transient
     │   ├── ChallengePageError       an HTML (bot-challenge) page where JSON was expected
-    │   └── GatewayConnectionError   transport failure or timeout; .maybe_sent for submits
+    │   └── GatewayConnectionError   transport failure or timeout
+    │   (every GatewayError has .status_code, .request_id, .gateway_message and, for submits, .maybe_sent)
     ├── JobError                     a job could not produce a video
     │   ├── JobNotFoundError         no job with that request id
     │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
@@ -75,12 +76,15 @@ class GatewayError(KlingError):
         status_code: int | None = None,
         request_id: str | None = None,
         gateway_message: str | None = None,
+        maybe_sent: bool = False,
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.status_code = status_code
         self.request_id = request_id
         self.gateway_message = gateway_message
+        # For submits: the request may have reached the gateway (and cost money) although no answer came back.
+        self.maybe_sent = maybe_sent
 
 
 class AuthenticationError(GatewayError):
@@ -119,14 +123,10 @@ class ChallengePageError(GatewayError):
 
 
 class GatewayConnectionError(GatewayError):
-    """Transport failure or timeout. ``maybe_sent`` is True when the request may have reached the gateway."""
+    """Transport failure or timeout; ``maybe_sent`` tells whether the request may have reached the gateway."""
 
     code = "connection"
     retryable = True
-
-    def __init__(self, message: str, *, maybe_sent: bool, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.maybe_sent = maybe_sent
 
 
 class JobError(KlingError):

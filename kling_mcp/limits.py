@@ -85,9 +85,7 @@ IMAGE_DESCRIPTION: Final = (
 
 # --- annotated types: schemas and validation come from these ----------------------------------------------
 
-Prompt = Annotated[
-    str, Field(min_length=PROMPT_MIN_CHARS, max_length=PROMPT_MAX_CHARS, description=PROMPT_DESCRIPTION)
-]
+Prompt = Annotated[str, Field(min_length=PROMPT_MIN_CHARS, max_length=PROMPT_MAX_CHARS, description=PROMPT_DESCRIPTION)]
 Duration = Annotated[int, Field(ge=DURATION_MIN_S, le=DURATION_MAX_S, description=DURATION_DESCRIPTION)]
 ShotDuration = Annotated[
     int, Field(ge=SHOT_DURATION_MIN_S, le=SHOT_DURATION_MAX_S, description=SHOT_DURATION_DESCRIPTION)
@@ -103,9 +101,7 @@ class Shot(BaseModel):
     duration: ShotDuration = SHOT_DURATION_DEFAULT_S
 
 
-Shots = Annotated[
-    list[Shot], Field(min_length=SHOTS_MIN, max_length=SHOTS_MAX, description=SHOTS_DESCRIPTION)
-]
+Shots = Annotated[list[Shot], Field(min_length=SHOTS_MIN, max_length=SHOTS_MAX, description=SHOTS_DESCRIPTION)]
 
 
 # --- checks a JSON schema cannot express ------------------------------------------------------------------
@@ -135,8 +131,7 @@ def check_duration(duration: int, *, field: str = "duration") -> int:
             field,
             f"{DURATION_MIN_S}-{DURATION_MAX_S} seconds",
             duration,
-            f"pick a whole number of seconds from {DURATION_MIN_S} to {DURATION_MAX_S}; "
-            "for longer work, chain clips",
+            f"pick a whole number of seconds from {DURATION_MIN_S} to {DURATION_MAX_S}; for longer work, chain clips",
         )
     return duration
 
@@ -170,9 +165,7 @@ def check_shots(shots: Sequence[Shot], *, field: str = "shots") -> tuple[Shot, .
     return tuple(shots)
 
 
-def check_image(
-    *, field: str, format: str | None, size_bytes: int | None, width: int, height: int
-) -> None:
+def check_image(*, field: str, format: str | None, size_bytes: int | None, width: int, height: int) -> None:
     """Checks an image's decoded properties (not its URL) against the gateway's image rules."""
     if format not in IMAGE_FORMATS:
         raise InvalidInputError(

@@ -1,0 +1,455 @@
+"""The Pixazo gateway client: submit, status, download. MCP-agnostic.
+
+Reads (status polls, downloads) retry on 429, 5xx, challenge pages and transport errors with capped exponential
+backoff and jitter, honouring ``Retry-After``. A submit is retried only when the gateway certainly did not take
+it (connection refused, 429, a challenge page in front of the gateway); when it may have reached the gateway
+(5xx, a timeout while waiting for the answer) the error says ``maybe_sent`` and the caller decides, because a
+duplicate submit costs money.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from kling_mcp import limits
+from kling_mcp.config import GatewayPaths
+from kling_mcp.errors import (
+    AuthenticationError,
+    ChallengePageError,
+    DownloadError,
+    GatewayConnectionError,
+    GatewayError,
+    GatewayValidationError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitError,
+    UpstreamServerError,
+)
+
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["queued", "processing", "completed", "failed", "error"]
+TERMINAL: frozenset[JobStatus] = frozenset({"completed", "failed", "error"})
+Endpoint = Literal["text_to_video", "image_to_video"]
+
+_DONE = frozenset({"completed", "succeeded", "success"})
+_FAILED = frozenset({"failed", "cancelled", "canceled"})
+_QUEUED = frozenset({"queued", "in_queue", "pending", "submitted"})
+
+
+def normalize_status(value: object) -> JobStatus:
+    """Maps any status spelling the gateway family uses onto five states; unknown means still pending."""
+    text = str(value or "").strip().lower()
+    if text in _DONE:
+        return "completed"
+    if text == "error":
+        return "error"
+    if text in _FAILED:
+        return "failed"
+    if text in _QUEUED:
+        return "queued"
+    return "processing"
+
+
+class GenerationRequest(BaseModel):
+    """One paid generation, validated against every limit before anything is sent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: Endpoint
+    prompt: str | None = None
+    shots: tuple[limits.Shot, ...] | None = None
+    duration: int = limits.DURATION_DEFAULT_S
+    aspect_ratio: limits.AspectRatio = limits.ASPECT_RATIO_DEFAULT
+    image_url: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerationRequest:
+        if self.prompt is not None:
+            limits.check_prompt(self.prompt)
+        if self.shots is not None:
+            if self.prompt is not None:
+                raise InvalidInputError(
+                    "shots",
+                    "exclusive with a single prompt",
+                    "both given",
+                    "put the prompt into the first shot",
+                )
+            limits.check_shots(self.shots)
+        else:
+            limits.check_duration(self.duration)
+        if self.endpoint == "text_to_video":
+            if self.prompt is None and self.shots is None:
+                raise InvalidInputError("prompt", "given for text-to-video", None, "describe the clip")
+            if self.image_url is not None:
+                raise InvalidInputError(
+                    "image_url", "absent for text-to-video", self.image_url, "use the image-to-video endpoint"
+                )
+        elif not self.image_url:
+            raise InvalidInputError("image_url", "given for image-to-video", None, "pass the first frame's URL")
+        return self
+
+    @property
+    def video_seconds(self) -> int:
+        """Seconds of output video, which is what the gateway bills."""
+        return sum(s.duration for s in self.shots) if self.shots else self.duration
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body the gateway expects."""
+        body: dict[str, Any] = {"aspect_ratio": self.aspect_ratio}
+        if self.shots is not None:
+            body["multi_prompt"] = [{"prompt": s.prompt, "duration": s.duration} for s in self.shots]
+        else:
+            body["duration"] = self.duration
+            if self.prompt is not None:
+                body["prompt"] = self.prompt
+        if self.image_url is not None:
+            body["image_url"] = self.image_url
+        return body
+
+    def fingerprint(self) -> str:
+        """Stable hash of what would be paid for; identical requests share it."""
+        canonical = json.dumps({"endpoint": self.endpoint, **self.body()}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    request_id: str
+    status: JobStatus
+    polling_url: str | None
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    request_id: str
+    status: JobStatus
+    raw_status: str
+    media_urls: tuple[str, ...] = ()
+    error: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict[str, Any])
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        backoff = min(self.max_delay, self.base_delay * 2**attempt)
+        return random.uniform(backoff / 2, backoff)
+
+
+Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+_MEDIA_CHUNK = 1 << 20
+
+
+class PixazoClient:
+    """Typed access to the gateway. The ``http`` client is the seam: real network, loopback, or ASGI."""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        paths: GatewayPaths | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._paths = paths or GatewayPaths()
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {
+            "Ocp-Apim-Subscription-Key": self._api_key,
+            "Content-Type": "application/json",
+            "Cache-Control": "no-cache",
+        }
+        headers.update(extra or {})
+        return headers
+
+    def status_url(self, request_id: str, polling_url: str | None = None) -> str:
+        """The gateway's ``polling_url`` when it is on the gateway's own origin, else the documented route.
+
+        The API key is sent to whatever URL this returns, so a ``polling_url`` on another host is never used.
+        """
+        if polling_url and _origin(polling_url) == _origin(self._base_url):
+            return polling_url
+        return self._base_url + self._paths.status.format(request_id=request_id)
+
+    async def submit(self, request: GenerationRequest, *, webhook_url: str | None = None) -> Submission:
+        path = self._paths.text_to_video if request.endpoint == "text_to_video" else self._paths.image_to_video
+        extra = {"X-Webhook-URL": webhook_url} if webhook_url else None
+        content = json.dumps(request.body()).encode()
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.post(self._base_url + path, content=content, headers=self._headers(extra))
+            except (
+                httpx2.ConnectError,
+                httpx2.ConnectTimeout,
+                httpx2.PoolTimeout,
+                httpx2.WriteTimeout,
+            ) as exc:
+                # The body never fully left this machine, so the gateway cannot have taken the job.
+                error: GatewayError = GatewayConnectionError(
+                    f"Could not reach the gateway ({type(exc).__name__}).",
+                    maybe_sent=False,
+                    hint="Nothing was submitted or charged; check the network and call again.",
+                )
+            except httpx2.TransportError as exc:
+                raise GatewayConnectionError(
+                    f"The connection failed after the request was sent ({type(exc).__name__}).",
+                    maybe_sent=True,
+                    hint="The gateway may have accepted the job; it must not be submitted again blindly.",
+                ) from None
+            else:
+                try:
+                    data = _json_or_raise(response, request_id=None)
+                except (RateLimitError, ChallengePageError) as exc:
+                    error = exc
+                except GatewayError as exc:
+                    exc.maybe_sent = exc.status_code is not None and exc.status_code >= 500
+                    raise
+                else:
+                    return _parse_submission(data)
+            if attempt + 1 >= self._retry.attempts:
+                raise error
+            await self._sleep(self._retry.delay(attempt, getattr(error, "retry_after", None)))
+            attempt += 1
+
+    async def status(self, request_id: str, *, polling_url: str | None = None) -> GatewayStatus:
+        url = self.status_url(request_id, polling_url)
+
+        async def once() -> GatewayStatus:
+            response = await self._http.get(url, headers=self._headers())
+            return _parse_status(_json_or_raise(response, request_id=request_id), request_id)
+
+        return await self._with_retries(once)
+
+    async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> Download:
+        """Streams a media file to ``dest`` atomically (temporary file, size check, rename); returns its sha256.
+
+        The API key is never sent: media URLs live on a CDN, possibly another host.
+        """
+
+        async def once() -> Download:
+            return await self._download_once(url, dest, max_bytes)
+
+        try:
+            return await self._with_retries(once)
+        except GatewayError as exc:
+            raise DownloadError(f"Could not download the video: {exc.message}", hint=exc.hint) from None
+
+    async def _download_once(self, url: str, dest: Path, max_bytes: int | None) -> Download:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with self._http.stream("GET", url, headers={"Cache-Control": "no-cache"}) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _json_or_raise(response, request_id=None)
+                expected = response.headers.get("content-length")
+                async with await anyio.open_file(tmp, "wb") as out:
+                    async for chunk in response.aiter_bytes(_MEDIA_CHUNK):
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            raise DownloadError(
+                                f"The video is larger than the {max_bytes} byte cap.",
+                                hint="Raise the cap or download it from media_url yourself.",
+                            )
+                        digest.update(chunk)
+                        await out.write(chunk)
+            if expected is not None and expected.isdigit() and int(expected) != size:
+                raise GatewayConnectionError(
+                    f"Download stopped at {size} of {expected} bytes.",
+                    maybe_sent=False,
+                    hint="It will be retried.",
+                )
+            if size == 0:
+                raise GatewayConnectionError("The gateway sent an empty file.", maybe_sent=False)
+            await anyio.to_thread.run_sync(os.replace, tmp, dest)
+        except httpx2.TransportError as exc:
+            raise GatewayConnectionError(f"Download failed ({type(exc).__name__}).", maybe_sent=False) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(tmp).unlink(missing_ok=True)
+        return Download(path=dest, size_bytes=size, sha256=digest.hexdigest())
+
+    async def _with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await once()
+            except httpx2.TransportError as exc:
+                error: GatewayError = GatewayConnectionError(
+                    f"Could not reach the gateway ({type(exc).__name__}).", maybe_sent=False
+                )
+            except GatewayError as exc:
+                if not exc.retryable:
+                    raise
+                error = exc
+            if attempt + 1 >= self._retry.attempts:
+                raise error
+            delay = self._retry.delay(attempt, getattr(error, "retry_after", None))
+            log.info("gateway read failed (%s); retrying in %.2fs", error.code, delay)
+            await self._sleep(delay)
+            attempt += 1
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _gateway_message(data: object, text: str) -> str:
+    if isinstance(data, dict):
+        for key in ("message", "error", "detail"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return text.strip()[:300] or "(empty body)"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _json_or_raise(response: httpx2.Response, *, request_id: str | None) -> dict[str, Any]:
+    """Returns the JSON object of a 2xx answer, or raises the error that fits the answer."""
+    status = response.status_code
+    ctype = response.headers.get("content-type", "")
+    text = response.text
+    if "html" in ctype or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        raise ChallengePageError(
+            f"The gateway answered with an HTML page (HTTP {status}) instead of JSON, likely a bot challenge.",
+            status_code=status,
+            request_id=request_id,
+            hint="This is transient; the call will be retried.",
+        )
+    data: object
+    try:
+        data = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        data = None
+    message = _gateway_message(data, text)
+    common: dict[str, Any] = {"status_code": status, "request_id": request_id, "gateway_message": message}
+    if 200 <= status < 300:
+        if isinstance(data, dict):
+            return data
+        raise UpstreamServerError(f"The gateway answered HTTP {status} without a JSON object.", **common)
+    if status in (401, 403):
+        raise AuthenticationError(
+            f"The gateway refused the API key (HTTP {status}): {message}",
+            hint="Check PIXAZO_API_KEY: copy it again from the Pixazo API console.",
+            **common,
+        )
+    if status == 402:
+        raise InsufficientCreditsError(
+            f"The Pixazo account is out of balance (HTTP 402): {message}",
+            hint="Top up the Pixazo balance; this request was not charged.",
+            **common,
+        )
+    if status == 404:
+        raise NotFoundError(f"The gateway does not know this request (HTTP 404): {message}", **common)
+    if status == 429:
+        after = _retry_after(response)
+        raise RateLimitError(
+            f"The gateway is rate limiting (HTTP 429): {message}",
+            retry_after=after,
+            hint=f"Wait {after:g} s and try again." if after is not None else "Wait a few seconds and try again.",
+            **common,
+        )
+    if status >= 500:
+        raise UpstreamServerError(f"The gateway had a server error (HTTP {status}): {message}", **common)
+    raise GatewayValidationError(
+        f"The gateway rejected the request (HTTP {status}): {message}",
+        hint="Correct the field it names and call again.",
+        **common,
+    )
+
+
+def _parse_submission(data: Mapping[str, Any]) -> Submission:
+    request_id = data.get("request_id") or data.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise UpstreamServerError(
+            "The gateway accepted the request but sent no request_id.",
+            gateway_message=json.dumps(data)[:300],
+            maybe_sent=True,
+            hint="The job may exist and be billed; check the Pixazo console before submitting again.",
+        )
+    polling_url = data.get("polling_url")
+    return Submission(
+        request_id=request_id,
+        status=normalize_status(data.get("status") or "queued"),
+        polling_url=polling_url if isinstance(polling_url, str) else None,
+    )
+
+
+def _parse_status(data: Mapping[str, Any], request_id: str) -> GatewayStatus:
+    raw_status = str(data.get("status", ""))
+    output = data.get("output")
+    urls: list[str] = []
+    if isinstance(output, Mapping):
+        media: object = output.get("media_url") or output.get("video_url") or output.get("url")
+        if isinstance(media, str):
+            urls = [media]
+        elif isinstance(media, list):
+            urls = [u for u in media if isinstance(u, str) and u]
+    error = data.get("error") or (data.get("message") if raw_status.lower() in ("failed", "error") else None)
+    status = normalize_status(raw_status)
+    if status == "completed" and not urls:
+        # A completion without a video is of no use to anyone; treat it as still finishing.
+        status = "processing"
+    return GatewayStatus(
+        request_id=str(data.get("request_id") or request_id),
+        status=status,
+        raw_status=raw_status,
+        media_urls=tuple(urls),
+        error=str(error) if error else None,
+        raw=dict(data),
+    )
