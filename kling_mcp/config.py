@@ -52,7 +52,7 @@ def _default_output_dir() -> Path:
 class Settings:
     mode: Mode = "auto"
     api_key: str | None = field(default=None, repr=False)
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str | None = None  # None: the real gateway when live, the built-in sandbox otherwise
     paths: GatewayPaths = field(default_factory=GatewayPaths)
     poll_interval: float = 5.0
     max_wait: float = 45.0
@@ -71,6 +71,10 @@ class Settings:
         if self.mode == "auto":
             return self.api_key is not None
         return self.mode == "live"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URL
 
     @property
     def resolved_state_dir(self) -> Path:
@@ -99,7 +103,7 @@ class Settings:
         settings = cls(
             mode=mode,  # type: ignore[arg-type]
             api_key=reader.get("PIXAZO_API_KEY"),
-            base_url=(reader.get("PIXAZO_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+            base_url=(reader.get("PIXAZO_BASE_URL") or "").rstrip("/") or None,
             paths=GatewayPaths(
                 text_to_video=reader.get("PIXAZO_T2V_PATH") or DEFAULT_T2V_PATH,
                 image_to_video=reader.get("PIXAZO_I2V_PATH") or DEFAULT_I2V_PATH,

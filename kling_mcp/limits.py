@@ -196,3 +196,19 @@ def check_image(*, field: str, format: str | None, size_bytes: int | None, width
             f"{width}x{height} px ({ratio:.2f}:1)",
             "crop the image closer to the clip's aspect ratio",
         )
+
+
+def check_image_url(url: str, *, field: str = "image_url") -> str:
+    """An image reference the gateway can take: an http(s) URL, or a ``data:image/...`` URI."""
+    text = url.strip()
+    lowered = text.lower()
+    if lowered.startswith(("http://", "https://")) and len(text) > len("https://x"):
+        return text
+    if lowered.startswith(("data:image/png;base64,", "data:image/jpeg;base64,", "data:image/jpg;base64,")):
+        return text
+    raise InvalidInputError(
+        field,
+        "an http(s) URL (or a data:image/png|jpeg;base64 URI) of a " + " or ".join(IMAGE_FORMATS) + " image",
+        text,
+        "upload the image somewhere the gateway can fetch it and pass that https:// URL",
+    )

@@ -1,0 +1,70 @@
+"""Command line: ``kling-mcp [serve]``, ``kling-mcp demo``, ``kling-mcp sandbox-gateway``.
+
+Heavy modules load inside the command that needs them, so ``kling-mcp`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kling_mcp import __version__
+from kling_mcp.errors import ConfigurationError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kling-mcp",
+        description="MCP server for Kling Video 3 Turbo Pro on the Pixazo gateway. Without PIXAZO_API_KEY it runs "
+        "on a built-in sandbox gateway that renders placeholder videos offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"kling-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve MCP (the default: stdio)")
+    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
+    gateway = sub.add_parser("sandbox-gateway", help="run the sandbox gateway alone (the Pixazo HTTP contract)")
+    from kling_mcp.sandbox.standalone import add_arguments
+
+    add_arguments(gateway)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "sandbox-gateway":
+        from kling_mcp.sandbox.standalone import run
+
+        return run(args)
+    if command == "demo":
+        from kling_mcp.demo import run_demo
+
+        return run_demo()
+    return _serve(getattr(args, "transport", "stdio"), getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8000))
+
+
+def _serve(transport: str, host: str, port: int) -> int:
+    from kling_mcp.config import Settings
+    from kling_mcp.server import build_server, log_to_stderr
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"kling-mcp: {exc}\n")
+        return 2
+    log_to_stderr(settings.log_level)
+    if not settings.live:
+        sys.stderr.write(
+            "kling-mcp: SANDBOX mode (no PIXAZO_API_KEY): placeholder videos from a local gateway; nothing is charged.\n"
+        )
+    server = build_server(settings)
+    if transport == "http":
+        server.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")
+    else:
+        server.run()
+    return 0

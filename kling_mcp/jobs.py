@@ -1,0 +1,375 @@
+"""The job engine: owns every generation from the ledger row to the file on disk. MCP-agnostic.
+
+A job belongs to the engine, which lives as long as the process, never to the tool call that started it: one
+poller per job drives it to a final state however many calls wait on it, a cancelled wait leaves it running,
+and on start the engine resumes whatever the ledger holds unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from anyio.abc import TaskGroup
+
+from kling_mcp import limits
+from kling_mcp.errors import (
+    AuthenticationError,
+    DownloadError,
+    GatewayError,
+    KlingError,
+    NotFoundError,
+)
+from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient
+from kling_mcp.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Job], Awaitable[None]]
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    mode: Literal["live", "sandbox"]
+    poll_interval: float = 5.0
+    output_dir: Path | None = None  # None: downloads off
+    time_scale: float = 1.0  # the sandbox runs faster than real time; estimates follow it
+    dedupe_seconds: float = 600.0
+    error_retries: int = 2
+    download_attempts: int = 5
+    download_max_bytes: int | None = 2 * 1024**3
+    submit_grace_seconds: float = 120.0  # a row left 'submitting' longer than this was cut off mid-submit
+    max_download_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    reused: bool  # an existing job came back (same idempotency key, or an identical recent request)
+
+
+@dataclass
+class _Watch:
+    event: anyio.Event = field(default_factory=anyio.Event)
+
+
+def expected_seconds(job: Job, time_scale: float = 1.0) -> float:
+    """Expected seconds from submit to completion, from the timing model."""
+    queue = sum(limits.TIMING_QUEUE_S) / 2
+    work = limits.estimated_render_seconds(job.video_seconds, image=job.request.endpoint == "image_to_video")
+    return (queue + work) / time_scale
+
+
+def progress_of(job: Job, now: float, time_scale: float = 1.0) -> tuple[float, float, str]:
+    """(progress, total, message) for a waiting client. Progress rises with time and never goes back."""
+    total = 100.0
+    start = job.submitted_at or job.created_at
+    elapsed = max(0.0, now - start)
+    expected = expected_seconds(job, time_scale)
+    if job.settled:
+        return total, total, f"{job.status} after {elapsed:.0f}s"
+    # 1 - e^(-t/T) keeps rising past the estimate without ever reaching 100 before the job ends.
+    progress = round(99.0 * (1.0 - math.exp(-1.6 * elapsed / max(expected, 1e-6))), 3)
+    state = "downloading the video" if job.status == "completed" else job.status
+    left = expected - elapsed
+    eta = f"about {left:.0f}s left (estimate)" if left >= 1 else "taking longer than the estimate"
+    return progress, total, f"{state}: {elapsed:.0f}s elapsed, {eta}"
+
+
+class JobEngine:
+    def __init__(
+        self,
+        client: PixazoClient,
+        store: Store,
+        config: EngineConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        webhook_url_for: Callable[[Job], str | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.config = config
+        self._clock = clock
+        self._webhook_url_for = webhook_url_for
+        self._tg: TaskGroup | None = None
+        self._watches: dict[str, _Watch] = {}
+        self._drivers: set[str] = set()
+        self._listeners: list[Listener] = []
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[JobEngine]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._resume()
+                yield self
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    async def _resume(self) -> None:
+        for job in await self.store.unsettled():
+            if job.status == "submitting":
+                if self._clock() - job.created_at > self.config.submit_grace_seconds:
+                    await self._set(
+                        job,
+                        status="unknown",
+                        finished_at=self._clock(),
+                        error="The server stopped while submitting this job; the gateway may or may not have "
+                        "accepted (and billed) it.",
+                    )
+                continue
+            self._drive(job)
+        log.info("resumed unfinished jobs from the ledger")
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # --- public operations ------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+        force_new: bool = False,
+        parent_id: str | None = None,
+    ) -> Submitted:
+        """Records the job, then submits it once. Reuses a job for the same key or an identical recent request."""
+        job, created = await self.store.create(
+            request,
+            mode=self.config.mode,
+            idempotency_key=idempotency_key,
+            dedupe_seconds=0.0 if force_new else self.config.dedupe_seconds,
+            parent_id=parent_id,
+            download=self.config.output_dir is not None,
+        )
+        if not created:
+            self._drive(job)
+            return Submitted(job, reused=True)
+        await self._notify(job)
+        # Shielded: once the row exists, a cancelled tool call must not leave it between 'submitting' and known.
+        with anyio.CancelScope(shield=True):
+            job = await self._send(job)
+        self._drive(job)
+        return Submitted(job, reused=False)
+
+    async def get(self, any_id: str) -> Job:
+        job = await self.store.get(any_id)
+        self._drive(job)
+        return job
+
+    async def wait(
+        self,
+        any_id: str,
+        seconds: float,
+        *,
+        on_tick: Callable[[Job], Awaitable[None]] | None = None,
+        tick: float = 2.0,
+    ) -> Job:
+        """Waits up to ``seconds`` for the job to settle; returns it either way. Cancelling only stops the wait."""
+        job = await self.get(any_id)
+        deadline = anyio.current_time() + seconds
+        while not job.settled:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            if on_tick is not None:
+                await on_tick(job)
+            watch = self._watch(job.job_id)
+            fresh = await self.store.get(job.job_id)
+            if fresh.updated_at == job.updated_at:
+                with anyio.move_on_after(min(tick, remaining)):
+                    await watch.event.wait()
+                fresh = await self.store.get(job.job_id)
+            job = fresh
+        if on_tick is not None and job.settled:
+            await on_tick(job)
+        return job
+
+    def progress(self, job: Job) -> tuple[float, float, str]:
+        return progress_of(job, self._clock(), self.config.time_scale)
+
+    # --- internals --------------------------------------------------------------------------------------------
+
+    def _watch(self, job_id: str) -> _Watch:
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = self._watches[job_id] = _Watch()
+        return watch
+
+    async def _notify(self, job: Job) -> None:
+        watch = self._watches.pop(job.job_id, None)
+        if watch is not None:
+            watch.event.set()
+        for listener in self._listeners:
+            try:
+                await listener(job)
+            except Exception:  # a broken listener must not stop a paid job
+                log.exception("job listener failed")
+
+    async def _set(self, job: Job, **fields: object) -> Job:
+        updated = await self.store.update(job.job_id, **fields)
+        await self._notify(updated)
+        return updated
+
+    async def _send(self, job: Job) -> Job:
+        """Submits one attempt of ``job``; the ledger holds the outcome whatever happens."""
+        webhook = self._webhook_url_for(job) if self._webhook_url_for else None
+        try:
+            sub = await self.client.submit(job.request, webhook_url=webhook)
+        except GatewayError as exc:
+            if exc.maybe_sent:
+                return await self._set(
+                    job,
+                    status="unknown",
+                    finished_at=self._clock(),
+                    error=f"{exc.message} Whether the gateway accepted and billed it is unknown; it was not "
+                    "submitted again.",
+                )
+            failed = await self._set(
+                job,
+                status="error",
+                finished_at=self._clock(),
+                download_state="off",
+                error=f"Not submitted: {exc.message}",
+            )
+            if job.attempts == 0:
+                raise  # the caller learns why at once; nothing was paid
+            return failed
+        except BaseException:
+            # Anything unexpected after the row exists: the request may have left, so never resubmit it.
+            with anyio.CancelScope(shield=True):
+                await self._set(job, status="unknown", finished_at=self._clock(), error="Submit interrupted.")
+            raise
+        return await self._set(
+            job,
+            attempt_id=sub.request_id,
+            polling_url=sub.polling_url,
+            status=sub.status if sub.status in ("queued", "processing") else "queued",
+            submitted_at=self._clock(),
+            error=None,
+        )
+
+    def _drive(self, job: Job) -> None:
+        if job.settled or job.status == "submitting" or job.job_id in self._drivers or self._tg is None:
+            return
+        self._drivers.add(job.job_id)
+        self._tg.start_soon(self._run_job, job.job_id, name=f"job {job.id}")
+
+    async def _run_job(self, job_id: str) -> None:
+        try:
+            job = await self.store.get(job_id)
+            while not job.settled:
+                if job.status in ("queued", "processing"):
+                    await anyio.sleep(self.config.poll_interval)
+                    job = await self._poll(job)
+                elif job.status == "completed":
+                    job = await self._download(job)
+                else:
+                    break
+        except KlingError:
+            log.exception("job %s stopped", job_id)
+        finally:
+            self._drivers.discard(job_id)
+
+    async def _poll(self, job: Job) -> Job:
+        assert job.current_request_id is not None
+        try:
+            status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
+        except (NotFoundError, AuthenticationError) as exc:
+            log.warning("status of %s: %s", job.id, exc.message)
+            return await self.store.get(job.job_id)
+        except GatewayError as exc:
+            log.info("status of %s not read (%s); next poll will try again", job.id, exc.code)
+            return await self.store.get(job.job_id)
+        # Another process sharing the ledger may have moved the job on.
+        current = await self.store.get(job.job_id)
+        if current.current_request_id != job.current_request_id or current.final:
+            return current
+        return await self._apply(current, status)
+
+    async def _apply(self, job: Job, status: GatewayStatus) -> Job:
+        if status.status == "completed":
+            return await self._set(
+                job,
+                status="completed",
+                media_url=status.media_urls[0],
+                finished_at=self._clock(),
+                error=None,
+            )
+        if status.status == "error" and job.attempts <= self.config.error_retries:
+            log.info("job %s ended ERROR (not charged); resubmitting, attempt %d", job.id, job.attempts + 1)
+            job = await self._set(job, error=f"Attempt {job.attempts} ended ERROR: {status.error or 'no detail'}")
+            with anyio.CancelScope(shield=True):
+                return await self._send(job)
+        if status.status in ("error", "failed"):
+            return await self._set(
+                job,
+                status=status.status,
+                finished_at=self._clock(),
+                download_state="off",
+                error=status.error or f"The gateway ended the job {status.raw_status}.",
+            )
+        if status.status != job.status:
+            return await self._set(job, status=status.status)
+        return job
+
+    async def _download(self, job: Job) -> Job:
+        """Saves the video once: a lease in the ledger keeps other processes (and waiters) from doing it twice."""
+        assert self.config.output_dir is not None
+        assert job.media_url is not None
+        lease = 600.0
+        claimed = await self.store.claim_download(job.job_id, lease_seconds=lease)
+        if claimed is None:
+            await anyio.sleep(self.config.poll_interval)  # another process has it; look again later
+            return await self.store.get(job.job_id)
+        dest = self.config.output_dir / (_SAFE_NAME.sub("_", job.id) + ".mp4")
+        try:
+            with anyio.fail_after(lease * 0.9):
+                saved = await self.client.download(job.media_url, dest, max_bytes=self.config.download_max_bytes)
+        except (DownloadError, TimeoutError) as exc:
+            attempts = claimed.download_attempts + 1
+            message = exc.message if isinstance(exc, DownloadError) else "the download timed out"
+            if attempts >= self.config.download_attempts:
+                return await self._set(
+                    claimed,
+                    download_state="failed",
+                    download_attempts=attempts,
+                    download_error=f"Gave up after {attempts} attempts: {message}",
+                )
+            job = await self._set(claimed, download_state="pending", download_attempts=attempts, download_error=message)
+            await anyio.sleep(min(self.config.max_download_backoff, self.config.poll_interval * 2**attempts))
+            return await self._refresh_media_url(job)
+        return await self._set(
+            claimed,
+            download_state="done",
+            local_path=str(saved.path),
+            sha256=saved.sha256,
+            size_bytes=saved.size_bytes,
+            download_error=None,
+        )
+
+    async def _refresh_media_url(self, job: Job) -> Job:
+        """Media URLs expire; a fresh status may carry a new one."""
+        if job.current_request_id is None:
+            return job
+        try:
+            status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
+        except GatewayError:
+            return job
+        if status.status == "completed" and status.media_urls and status.media_urls[0] != job.media_url:
+            return await self._set(job, media_url=status.media_urls[0])
+        return job

@@ -1,0 +1,706 @@
+"""The MCP skin: tools, resources, notifications and the lifespan that wires the core together.
+
+Everything here is thin: limits come from ``limits``, jobs from ``jobs``, the gateway from ``pixazo``. This is the
+only module (with ``cli`` and ``demo``) that imports ``mcp``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx2
+from mcp.server import NotificationOptions, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
+from mcp.types import (
+    CallToolResult,
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    EmptyResult,
+    ResourceLink,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    TextContent,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
+from pydantic import BaseModel, Field, ValidationError
+
+from kling_mcp import __version__, limits
+from kling_mcp.config import SANDBOX_KEY, Settings
+from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
+from kling_mcp.jobs import EngineConfig, JobEngine, Submitted, expected_seconds
+from kling_mcp.pixazo import GenerationRequest, PixazoClient
+from kling_mcp.store import Job, Store
+
+log = logging.getLogger("kling_mcp")
+
+JOB_URI_PREFIX = "kling://jobs/"
+JOBS_URI = "kling://jobs"
+
+WAIT_MAX_S = 600.0  # a tool call may be asked to wait at most this long, whatever the default
+
+# --- results --------------------------------------------------------------------------------------------------
+
+
+class JobParams(BaseModel):
+    endpoint: Literal["text_to_video", "image_to_video"]
+    prompt: str | None = None
+    shots: list[limits.Shot] | None = None
+    duration: int
+    aspect_ratio: limits.AspectRatio
+    image_url: str | None = None
+
+
+class JobResult(BaseModel):
+    """The job as every tool returns it."""
+
+    request_id: str
+    status: Literal["submitting", "queued", "processing", "completed", "failed", "error", "unknown"]
+    done: bool
+    media_url: str | None
+    local_path: str | None
+    resource_uri: str
+    mode: Literal["live", "sandbox"]
+    params: JobParams
+    video_seconds: int
+    created_at: str
+    finished_at: str | None
+    elapsed_s: float
+    eta_s: float | None
+    attempts: int
+    reused: bool = False
+    error: str | None = None
+    retry_free: bool | None = None
+    download: str
+    next: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobResult]
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+
+
+def _check_call(job_id: str, wait_s: float) -> str:
+    return f'check_status(request_id="{job_id}", wait_seconds={wait_s:g})'
+
+
+def job_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint: float = 45.0) -> JobResult:
+    now = time.time()
+    start = job.submitted_at or job.created_at
+    end = job.finished_at if job.final else None
+    eta = None if job.final else max(0.0, expected_seconds(job, engine.config.time_scale) - (now - start))
+    req = job.request
+    nxt: str | None = None
+    retry_free: bool | None = None
+    if not job.settled:
+        nxt = _check_call(job.id, wait_hint)
+    elif job.status == "error":
+        retry_free = True
+        nxt = "Call the same tool again: ERROR is a system failure and was not charged."
+    elif job.status == "failed":
+        retry_free = False
+        nxt = "Change the prompt (FAILED is often content moderation) and call again; FAILED may be charged."
+    elif job.status == "unknown":
+        nxt = (
+            "Check the Pixazo console for this request before retrying; to submit anyway, call the same tool "
+            "again with force_new=true."
+        )
+    return JobResult(
+        request_id=job.id,
+        status=job.status,
+        done=job.settled,
+        media_url=job.media_url,
+        local_path=job.local_path,
+        resource_uri=JOB_URI_PREFIX + job.id,
+        mode=job.mode,
+        params=JobParams(
+            endpoint=req.endpoint,
+            prompt=req.prompt,
+            shots=list(req.shots) if req.shots else None,
+            duration=req.video_seconds,
+            aspect_ratio=req.aspect_ratio,
+            image_url=_short_url(req.image_url),
+        ),
+        video_seconds=job.video_seconds,
+        created_at=_iso(job.created_at) or "",
+        finished_at=_iso(end),
+        elapsed_s=round((end or now) - start, 2),
+        eta_s=round(eta, 1) if eta is not None else None,
+        attempts=job.attempts,
+        reused=reused,
+        error=job.error,
+        retry_free=retry_free,
+        download=_download_text(job),
+        next=nxt,
+    )
+
+
+def _short_url(url: str | None) -> str | None:
+    if url and url.startswith("data:") and len(url) > 64:
+        return url[:48] + f"...({len(url)} chars)"
+    return url
+
+
+def _download_text(job: Job) -> str:
+    if job.download_state == "done":
+        return "saved"
+    if job.download_state == "failed":
+        return f"failed: {job.download_error}"
+    if job.download_state == "off":
+        return "off"
+    return "pending" if job.status == "completed" else "after completion"
+
+
+def _summary(result: JobResult, job: Job) -> str:
+    lines: list[str] = []
+    if result.status == "completed":
+        lines.append(f"Video ready ({job.video_seconds} s, {result.params.aspect_ratio}): {result.media_url}")
+        if result.local_path:
+            lines.append(f"Saved to: {result.local_path}")
+        elif result.download.startswith("failed"):
+            lines.append(f"Download {result.download}; the URL above may expire, fetch it soon.")
+    elif result.status in ("queued", "processing", "submitting"):
+        eta = f", about {result.eta_s:.0f}s left" if result.eta_s else ""
+        lines.append(f"Job {result.request_id} is {result.status} ({result.elapsed_s:.0f}s elapsed{eta}).")
+        lines.append("Still running is normal; the job continues in the background.")
+    elif result.status == "unknown":
+        lines.append(f"Job {result.request_id}: submit outcome unknown. {result.error}")
+    else:
+        lines.append(f"Job {result.request_id} ended {result.status.upper()}: {result.error}")
+    if result.reused:
+        lines.append(
+            "This is an existing job for the same request (no new charge); pass force_new=true for another take."
+        )
+    if result.next:
+        lines.append(f"Next: {result.next}")
+    if result.mode == "sandbox":
+        lines.append("[SANDBOX] Placeholder video from the local sandbox gateway; no credits were used.")
+    else:
+        lines.append(f"Bills {job.video_seconds} s of video.")
+    lines.append(f"Job resource: {result.resource_uri}")
+    return "\n".join(lines)
+
+
+def tool_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint: float = 45.0) -> CallToolResult:
+    result = job_result(job, engine=engine, reused=reused, wait_hint=wait_hint)
+    content: list[Any] = [
+        TextContent(type="text", text=_summary(result, job)),
+        ResourceLink(
+            type="resource_link",
+            uri=result.resource_uri,
+            name=f"job {result.request_id}",
+            mime_type="application/json",
+            description=f"Kling job ({result.status})",
+        ),
+    ]
+    if result.status == "completed" and result.media_url:
+        content.append(
+            ResourceLink(
+                type="resource_link", uri=result.media_url, name=f"{result.request_id}.mp4", mime_type="video/mp4"
+            )
+        )
+    if result.local_path:
+        content.append(
+            ResourceLink(
+                type="resource_link",
+                uri=Path(result.local_path).resolve().as_uri(),
+                name=Path(result.local_path).name,
+                mime_type="video/mp4",
+                size=job.size_bytes,
+            )
+        )
+    return CallToolResult(
+        content=content,
+        structured_content=result.model_dump(mode="json"),
+        is_error=result.status in ("failed", "error"),
+    )
+
+
+# --- notifications across both protocol eras ------------------------------------------------------------------
+
+
+@dataclass
+class Notifier:
+    """Fans job changes out: the 2026 listen bus, and legacy sessions (subscribed URIs, list changes)."""
+
+    bus: InMemorySubscriptionBus
+    legacy: dict[int, tuple[ServerSession, set[str]]] = field(default_factory=dict)
+
+    def remember(self, session: ServerSession) -> set[str]:
+        from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+
+        if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return set()
+        key = id(session._connection)  # the per-request proxy changes; the connection does not
+        entry = self.legacy.get(key)
+        if entry is None:
+            entry = self.legacy[key] = (session, set())
+        return entry[1]
+
+    async def job_changed(self, job: Job, *, listed: bool) -> None:
+        uri = JOB_URI_PREFIX + job.id
+        await self.bus.publish(ResourceUpdated(uri=uri))
+        if listed:
+            await self.bus.publish(ResourcesListChanged())
+        for session, uris in list(self.legacy.values()):
+            try:
+                if uri in uris or (job.job_id != job.id and JOB_URI_PREFIX + job.job_id in uris):
+                    await session.send_resource_updated(uri)
+                if listed:
+                    await session.send_resource_list_changed()
+            except Exception:  # best effort: a gone client must not disturb the job
+                log.debug("legacy notification failed", exc_info=True)
+
+
+# --- lifespan -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: JobEngine
+    store: Store
+    notifier: Notifier
+    mode: Literal["live", "sandbox"]
+    sandbox_url: str | None = None
+
+
+def instructions_for(settings: Settings) -> str:
+    mode = (
+        "LIVE: every generation is a paid request to the Pixazo gateway."
+        if settings.live
+        else "SANDBOX: no API key, so a local sandbox gateway renders placeholder videos; nothing is charged."
+    )
+    return (
+        f"Kling Video 3 Turbo Pro via Pixazo. {mode} Clips are {limits.DURATION_MIN_S}-{limits.DURATION_MAX_S} s; "
+        "a generation takes about 1-3 minutes. Tools wait up to wait_seconds, then return the job still running "
+        "with the exact check_status call to make next; jobs are never lost when a call ends. Results carry "
+        "media_url, local_path and the job resource kling://jobs/{request_id}."
+    )
+
+
+@asynccontextmanager
+async def open_state(
+    settings: Settings, *, bus: InMemorySubscriptionBus, transport: httpx2.AsyncBaseTransport | None = None
+) -> AsyncIterator[AppState]:
+    """Builds the core: ledger, gateway client (sandbox or live), job engine; tears it down in order.
+
+    ``transport`` replaces the network (an ASGI app in tests), the way httpx clients are meant to be tested.
+    """
+    async with AsyncExitStack() as stack:
+        live = settings.live
+        mode: Literal["live", "sandbox"] = "live" if live else "sandbox"
+        base_url = settings.gateway_url
+        sandbox_url: str | None = None
+        time_scale = 1.0
+        if not live:
+            time_scale = settings.sandbox_time_scale
+            if settings.base_url is None and transport is None:
+                from kling_mcp.sandbox import SandboxConfig, serve_sandbox
+
+                config = SandboxConfig(
+                    time_scale=settings.sandbox_time_scale,
+                    render_size=settings.sandbox_render_size,
+                    media_dir=settings.resolved_state_dir / "sandbox-media",
+                )
+                if settings.sandbox_fps:
+                    config.fps = settings.sandbox_fps
+                served = await stack.enter_async_context(serve_sandbox(config))
+                base_url = sandbox_url = served.base_url
+                log.warning("SANDBOX mode: no PIXAZO_API_KEY; placeholder videos from %s, nothing is charged", base_url)
+        api_key = settings.api_key if live else (settings.api_key or SANDBOX_KEY)
+        assert api_key is not None
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(
+                timeout=httpx2.Timeout(settings.request_timeout, connect=10.0),
+                follow_redirects=True,
+                transport=transport,
+            )
+        )
+        client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths)
+        store = Store(settings.resolved_state_dir / "ledger.sqlite3")
+        stack.callback(store.close)
+        output_dir = settings.resolved_output_dir if settings.download else None
+        engine = JobEngine(
+            client,
+            store,
+            EngineConfig(
+                mode=mode,
+                poll_interval=settings.poll_interval,
+                output_dir=output_dir,
+                time_scale=time_scale,
+            ),
+        )
+        notifier = Notifier(bus=bus)
+        seen: set[str] = set()
+
+        async def on_change(job: Job) -> None:
+            listed = job.job_id not in seen or (job.status == "queued" and job.attempts == 1)
+            seen.add(job.job_id)
+            await notifier.job_changed(job, listed=listed)
+
+        engine.add_listener(on_change)
+        await stack.enter_async_context(engine.running())
+        yield AppState(settings, engine, store, notifier, mode, sandbox_url)
+
+
+# --- the server -----------------------------------------------------------------------------------------------
+
+
+class KlingServer(MCPServer[AppState]):
+    """MCPServer whose argument-validation errors name the field, the limit, the value and the fix."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
+    ) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                raise ToolError(_explain_validation(self, name, cause)) from cause
+            raise
+
+
+def _explain_validation(server: MCPServer[Any], tool: str, error: ValidationError) -> str:
+    schema = server._tool_manager.get_tool(tool)
+    props: dict[str, Any] = schema.parameters.get("properties", {}) if schema else {}
+    lines = [f"Invalid arguments for {tool}; nothing was submitted or charged."]
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        field_name = ".".join(loc) or "(arguments)"
+        top = props.get(loc[0], {}) if loc else {}
+        limit = top.get("description") or ""
+        given = err.get("input")
+        shown = json.dumps(given, default=str)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        text = f"- {field_name}: {err['msg']}; got {shown}."
+        if limit:
+            text += f" Limit: {limit}"
+        lines.append(text)
+    lines.append("Fix the fields above and call again.")
+    return "\n".join(lines)
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+GENERATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+
+WaitSeconds = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=WAIT_MAX_S,
+        description="Seconds to wait for the video before returning the job still running (default from server).",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Field(max_length=200, description="Same key, same job: retries never pay twice."),
+]
+ForceNew = Annotated[bool, Field(description="Submit even if an identical request was made recently.")]
+
+
+@dataclass
+class StateRef:
+    """The running core, for handlers the SDK calls without a request context (static resources, completion)."""
+
+    current: AppState | None = None
+
+    def get(self) -> AppState:
+        if self.current is None:
+            raise ToolError("The server is starting or stopping; try again.")
+        return self.current
+
+
+def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None) -> KlingServer:
+    """A fully wired kling-mcp server. The lifespan starts the core once per process (per Client in memory)."""
+    bus = InMemorySubscriptionBus()
+    state_ref = StateRef()
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        async with open_state(settings, bus=bus, transport=transport) as state:
+            state_ref.current = state
+            try:
+                yield state
+            finally:
+                state_ref.current = None
+
+    server = KlingServer(
+        "kling-mcp",
+        title="Kling Video (Pixazo)",
+        version=__version__,
+        instructions=instructions_for(settings),
+        log_level=settings.log_level,  # type: ignore[arg-type]
+        lifespan=lifespan,
+        subscriptions=bus,
+    )
+    _register_tools(server)
+    _register_resources(server, state_ref)
+    _register_protocol_handlers(server, state_ref)
+    return server
+
+
+def _state(ctx: Context[AppState]) -> AppState:
+    state = ctx.request_context.lifespan_context
+    state.notifier.remember(ctx.session)
+    return state
+
+
+async def _wait_with_progress(ctx: Context[AppState], job: Job, wait: float) -> Job:
+    state = _state(ctx)
+    last = -1.0
+
+    async def on_tick(current: Job) -> None:
+        nonlocal last
+        progress, total, message = state.engine.progress(current)
+        if progress <= last:
+            return
+        last = progress
+        await ctx.report_progress(progress, total, message)
+
+    tick = max(0.05, min(2.0, state.settings.poll_interval))
+    return await state.engine.wait(job.job_id, wait, on_tick=on_tick, tick=tick)
+
+
+async def _run_generation(
+    ctx: Context[AppState],
+    request_factory: Callable[[], GenerationRequest],
+    *,
+    wait_seconds: float | None,
+    idempotency_key: str | None,
+    force_new: bool,
+) -> CallToolResult:
+    state = _state(ctx)
+    wait = state.settings.max_wait if wait_seconds is None else wait_seconds
+    try:
+        request = request_factory()
+        submitted: Submitted = await state.engine.submit(request, idempotency_key=idempotency_key, force_new=force_new)
+    except ValidationError as exc:
+        raise ToolError(_validation_text(exc)) from None
+    except KlingError as exc:
+        raise ToolError(_error_text(exc)) from None
+    job = submitted.job
+    if wait > 0 and not job.settled:
+        job = await _wait_with_progress(ctx, job, wait)
+    return tool_result(job, engine=state.engine, reused=submitted.reused, wait_hint=state.settings.max_wait)
+
+
+def _validation_text(exc: ValidationError) -> str:
+    for err in exc.errors():
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, InvalidInputError):
+            return _error_text(ctx_err)
+    return f"Invalid request: {exc.errors()[0]['msg']}. Nothing was submitted."
+
+
+def _error_text(exc: KlingError) -> str:
+    text = f"[{exc.code}] {exc}"
+    if isinstance(exc, InvalidInputError):
+        text += " Nothing was submitted or charged."
+    elif isinstance(exc, GatewayError) and exc.status_code is not None:
+        text += f" (HTTP {exc.status_code})"
+    return text
+
+
+def _register_tools(server: KlingServer) -> None:
+    @server.tool(title="Generate a video from text", annotations=GENERATE)
+    async def generate_video(
+        prompt: limits.Prompt,
+        ctx: Context[AppState],
+        duration: limits.Duration = limits.DURATION_DEFAULT_S,
+        aspect_ratio: Annotated[limits.AspectRatio, Field(description=limits.ASPECT_DESCRIPTION)] = "16:9",
+        wait_seconds: WaitSeconds = None,
+        idempotency_key: IdempotencyKey = None,
+        force_new: ForceNew = False,
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Text to video with Kling 3 Turbo Pro. Waits up to wait_seconds, then returns the job (still running is
+        normal: follow `next`). Returns media_url, local_path and the job resource."""
+        return await _run_generation(
+            ctx,
+            lambda: GenerationRequest(
+                endpoint="text_to_video", prompt=prompt, duration=duration, aspect_ratio=aspect_ratio
+            ),
+            wait_seconds=wait_seconds,
+            idempotency_key=idempotency_key,
+            force_new=force_new,
+        )
+
+    @server.tool(title="Animate an image", annotations=GENERATE)
+    async def animate_image(
+        image_url: Annotated[str, Field(min_length=1, max_length=4096, description=limits.IMAGE_DESCRIPTION)],
+        ctx: Context[AppState],
+        prompt: Annotated[
+            str | None, Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description=limits.PROMPT_DESCRIPTION)
+        ] = None,
+        duration: limits.Duration = limits.DURATION_DEFAULT_S,
+        aspect_ratio: Annotated[limits.AspectRatio, Field(description=limits.ASPECT_DESCRIPTION)] = "16:9",
+        wait_seconds: WaitSeconds = None,
+        idempotency_key: IdempotencyKey = None,
+        force_new: ForceNew = False,
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Image to video: the image is the first frame, the prompt says what happens next."""
+        return await _run_generation(
+            ctx,
+            lambda: GenerationRequest(
+                endpoint="image_to_video",
+                prompt=prompt,
+                image_url=limits.check_image_url(image_url),
+                duration=duration,
+                aspect_ratio=aspect_ratio,
+            ),
+            wait_seconds=wait_seconds,
+            idempotency_key=idempotency_key,
+            force_new=force_new,
+        )
+
+    @server.tool(title="Storyboard: several shots, one clip", annotations=GENERATE)
+    async def storyboard(
+        shots: limits.Shots,
+        ctx: Context[AppState],
+        aspect_ratio: Annotated[limits.AspectRatio, Field(description=limits.ASPECT_DESCRIPTION)] = "16:9",
+        image_url: Annotated[
+            str | None,
+            Field(min_length=1, max_length=4096, description="Optional first frame. " + limits.IMAGE_DESCRIPTION),
+        ] = None,
+        wait_seconds: WaitSeconds = None,
+        idempotency_key: IdempotencyKey = None,
+        force_new: ForceNew = False,
+    ) -> Annotated[CallToolResult, JobResult]:
+        """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
+        return await _run_generation(
+            ctx,
+            lambda: GenerationRequest(
+                endpoint="image_to_video" if image_url else "text_to_video",
+                shots=tuple(shots),
+                image_url=limits.check_image_url(image_url) if image_url else None,
+                aspect_ratio=aspect_ratio,
+            ),
+            wait_seconds=wait_seconds,
+            idempotency_key=idempotency_key,
+            force_new=force_new,
+        )
+
+    @server.tool(title="Check a video job", annotations=READ_ONLY)
+    async def check_status(
+        request_id: Annotated[str, Field(min_length=1, max_length=200, description="The request_id a tool returned.")],
+        ctx: Context[AppState],
+        wait_seconds: Annotated[
+            float, Field(ge=0, le=WAIT_MAX_S, description="Seconds to wait for it to finish; 0 answers at once.")
+        ] = 0,
+    ) -> Annotated[CallToolResult, JobResult]:
+        """The state of any job this server has made, waiting up to wait_seconds for it to finish."""
+        state = _state(ctx)
+        try:
+            job = await state.engine.get(request_id.strip())
+        except KlingError as exc:
+            raise ToolError(_error_text(exc)) from None
+        if wait_seconds > 0 and not job.settled:
+            job = await _wait_with_progress(ctx, job, wait_seconds)
+        return tool_result(job, engine=state.engine, wait_hint=state.settings.max_wait)
+
+    @server.tool(title="List video jobs", annotations=READ_ONLY)
+    async def list_jobs(
+        ctx: Context[AppState],
+        status: Annotated[
+            Literal["queued", "processing", "completed", "failed", "error", "unknown", "submitting"] | None,
+            Field(description="Only jobs in this state."),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most recent first.")] = 20,
+    ) -> JobList:
+        """Jobs the ledger holds, newest first, including ones from earlier server runs."""
+        state = _state(ctx)
+        jobs = await state.store.recent(statuses=[status] if status else None, limit=limit)
+        return JobList(jobs=[job_result(j, engine=state.engine) for j in jobs])
+
+
+def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
+    @server.resource(
+        JOB_URI_PREFIX + "{request_id}",
+        name="job",
+        title="Kling job",
+        description="A video job as JSON: status, media_url, local_path, parameters, timings.",
+        mime_type="application/json",
+    )
+    async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
+        state = _state(ctx)
+        job = await state.engine.get(request_id)
+        return job_result(job, engine=state.engine).model_dump_json(indent=2)
+
+    @server.resource(
+        JOBS_URI,
+        name="jobs",
+        title="Recent Kling jobs",
+        description="The 50 most recent jobs, newest first.",
+        mime_type="application/json",
+    )
+    async def jobs_resource() -> str:
+        state = state_ref.get()
+        jobs = await state.store.recent(limit=50)
+        return json.dumps([job_result(j, engine=state.engine).model_dump(mode="json") for j in jobs], indent=2)
+
+
+def _register_protocol_handlers(server: KlingServer, state_ref: StateRef) -> None:
+    low = server._lowlevel_server
+
+    async def on_subscribe(ctx: ServerRequestContext[AppState], params: SubscribeRequestParams) -> EmptyResult:
+        uris = ctx.lifespan_context.notifier.remember(ctx.session)
+        uris.add(str(params.uri))
+        return EmptyResult()
+
+    async def on_unsubscribe(ctx: ServerRequestContext[AppState], params: UnsubscribeRequestParams) -> EmptyResult:
+        ctx.lifespan_context.notifier.remember(ctx.session).discard(str(params.uri))
+        return EmptyResult()
+
+    async def on_set_level(ctx: ServerRequestContext[AppState], params: SetLevelRequestParams) -> EmptyResult:
+        # Server logs go to stderr; the level the client asks for sets how much is written there.
+        level = params.level.upper()
+        logging.getLogger("kling_mcp").setLevel(level if level in logging.getLevelNamesMapping() else "ERROR")
+        return EmptyResult()
+
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+    low.add_request_handler("logging/setLevel", SetLevelRequestParams, on_set_level)
+
+    async def on_complete(ctx: ServerRequestContext[AppState], params: CompleteRequestParams) -> CompleteResult:
+        values: list[str] = []
+        if params.argument.name == "request_id":
+            jobs = await ctx.lifespan_context.store.recent(limit=200)
+            values = [j.id for j in jobs if j.id.startswith(params.argument.value)][:100]
+        return CompleteResult(completion=Completion(values=values, total=len(values), has_more=False))
+
+    low.add_request_handler("completion/complete", CompleteRequestParams, on_complete)
+
+    original = low.create_initialization_options
+
+    def with_list_changed(notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any) -> Any:
+        return original(NotificationOptions(tools_changed=False, resources_changed=True), *args, **kwargs)
+
+    low.create_initialization_options = with_list_changed  # type: ignore[method-assign]
+
+
+def log_to_stderr(level: str) -> None:
+    """stdout carries the protocol in stdio mode, so every log line goes to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("kling_mcp").setLevel(level)

@@ -1,0 +1,377 @@
+"""The durable job ledger: one SQLite file, safe for concurrent calls and several processes.
+
+A job's row is written *before* its submit request leaves, so no paid request can exist that the ledger does not
+know of. WAL mode plus ``BEGIN IMMEDIATE`` for every read-modify-write make the file safe to share between server
+processes; the blocking sqlite3 calls run in a worker thread so the event loop never waits on a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from kling_mcp.errors import JobNotFoundError
+from kling_mcp.pixazo import GenerationRequest, JobStatus
+
+LedgerStatus = Literal["submitting", "unknown"] | JobStatus
+DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
+T = TypeVar("T")
+
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "error", "unknown"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    current_request_id TEXT,
+    polling_url TEXT,
+    status TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    video_seconds INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_ids TEXT NOT NULL DEFAULT '[]',
+    media_url TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    submitted_at REAL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    download_state TEXT NOT NULL DEFAULT 'off',
+    download_error TEXT,
+    download_attempts INTEGER NOT NULL DEFAULT 0,
+    download_lease REAL,
+    local_path TEXT,
+    sha256 TEXT,
+    size_bytes INTEGER,
+    parent_id TEXT,
+    extra_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs (job_id)
+);
+"""
+
+
+_UPDATABLE = frozenset(
+    {
+        "polling_url",
+        "status",
+        "media_url",
+        "error",
+        "submitted_at",
+        "finished_at",
+        "download_state",
+        "download_error",
+        "download_attempts",
+        "download_lease",
+        "local_path",
+        "sha256",
+        "size_bytes",
+    }
+)
+
+
+class Job(BaseModel):
+    """A job as the ledger holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    request_id: str | None
+    current_request_id: str | None
+    polling_url: str | None
+    status: LedgerStatus
+    mode: Literal["live", "sandbox"]
+    request: GenerationRequest
+    fingerprint: str
+    idempotency_key: str | None
+    video_seconds: int
+    attempts: int
+    attempt_ids: tuple[str, ...]
+    media_url: str | None
+    error: str | None
+    created_at: float
+    submitted_at: float | None
+    updated_at: float
+    finished_at: float | None
+    download_state: DownloadState
+    download_error: str | None
+    download_attempts: int
+    local_path: str | None
+    sha256: str | None
+    size_bytes: int | None
+    parent_id: str | None
+
+    @property
+    def id(self) -> str:
+        """The public id: the gateway's first request id once known, else the local job id."""
+        return self.request_id or self.job_id
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def settled(self) -> bool:
+        """Final, and no download still to come: nothing about this job will change by itself."""
+        return self.final and self.download_state not in ("pending", "downloading")
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        request_id=row["request_id"],
+        current_request_id=row["current_request_id"],
+        polling_url=row["polling_url"],
+        status=row["status"],
+        mode=row["mode"],
+        request=GenerationRequest.model_validate_json(row["request_json"]),
+        fingerprint=row["fingerprint"],
+        idempotency_key=row["idempotency_key"],
+        video_seconds=row["video_seconds"],
+        attempts=row["attempts"],
+        attempt_ids=tuple(json.loads(row["attempt_ids"])),
+        media_url=row["media_url"],
+        error=row["error"],
+        created_at=row["created_at"],
+        submitted_at=row["submitted_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        download_state=row["download_state"],
+        download_error=row["download_error"],
+        download_attempts=row["download_attempts"],
+        local_path=row["local_path"],
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        parent_id=row["parent_id"],
+    )
+
+
+class Store:
+    """Async facade over one SQLite connection; every call runs in a worker thread, one at a time."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            with self._lock:
+                return fn(self._conn)
+
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    @staticmethod
+    @contextmanager
+    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- creation ---------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: GenerationRequest,
+        *,
+        mode: Literal["live", "sandbox"],
+        idempotency_key: str | None = None,
+        dedupe_seconds: float = 0.0,
+        parent_id: str | None = None,
+        download: bool = True,
+    ) -> tuple[Job, bool]:
+        """Records a job in state ``submitting``; returns (job, created).
+
+        When ``idempotency_key`` matches a job, or an identical request was made within ``dedupe_seconds`` and did
+        not fail, that job comes back with ``created=False`` and nothing new is recorded. The check and the insert
+        are one transaction, so two processes cannot both create the same job.
+        """
+        fingerprint = request.fingerprint()
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            with self._write(conn):
+                if idempotency_key is not None:
+                    row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                    if row is not None:
+                        return _row_to_job(row), False
+                if dedupe_seconds > 0:
+                    row = conn.execute(
+                        "SELECT * FROM jobs WHERE fingerprint = ? AND created_at >= ? "
+                        "AND status NOT IN ('failed', 'error') ORDER BY created_at DESC LIMIT 1",
+                        (fingerprint, now - dedupe_seconds),
+                    ).fetchone()
+                    if row is not None:
+                        return _row_to_job(row), False
+                job_id = "job_" + uuid.uuid4().hex
+                conn.execute(
+                    "INSERT INTO jobs (job_id, status, mode, request_json, fingerprint, idempotency_key, "
+                    "video_seconds, created_at, updated_at, download_state, parent_id) "
+                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        mode,
+                        request.model_dump_json(),
+                        fingerprint,
+                        idempotency_key,
+                        request.video_seconds,
+                        now,
+                        now,
+                        "pending" if download else "off",
+                        parent_id,
+                    ),
+                )
+                conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))
+                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                return _row_to_job(row), True
+
+        return await self._run(op)
+
+    # --- reads ------------------------------------------------------------------------------------------------
+
+    async def get(self, any_id: str) -> Job:
+        """A job by its public id, local id or any attempt's request id."""
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "SELECT jobs.* FROM aliases JOIN jobs USING (job_id) WHERE aliases.alias = ?", (any_id,)
+            ).fetchone()
+            return _row_to_job(row) if row is not None else None
+
+        job = await self._run(op)
+        if job is None:
+            raise JobNotFoundError(
+                f"No job {any_id!r} in the ledger.",
+                hint="Use list_jobs to see known request ids; ids look like kling-video-..._<uuid>.",
+            )
+        return job
+
+    async def recent(self, *, statuses: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            if statuses:
+                marks = ",".join("?" * len(statuses))
+                rows = conn.execute(
+                    f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+                    (*statuses, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            return [_row_to_job(r) for r in rows]
+
+        return await self._run(op)
+
+    async def unsettled(self) -> list[Job]:
+        """Jobs that still need work: not final, or final with a download still owed."""
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE status NOT IN ('completed', 'failed', 'error', 'unknown') "
+                "OR (status = 'completed' AND download_state IN ('pending', 'downloading')) ORDER BY created_at"
+            ).fetchall()
+            return [_row_to_job(r) for r in rows]
+
+        return await self._run(op)
+
+    async def active_count(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('submitting', 'queued', 'processing')"
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(op)
+
+    async def seconds_since(self, since: float) -> int:
+        """Seconds of video requested since ``since``, excluding attempts the gateway did not charge."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status != 'error'",
+                (since,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(op)
+
+    # --- updates ----------------------------------------------------------------------------------------------
+
+    async def update(self, job_id: str, **fields: Any) -> Job:
+        """Sets columns of one job; ``attempt_id`` appends a gateway request id (and its alias)."""
+        attempt_id: str | None = fields.pop("attempt_id", None)
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        fields["updated_at"] = self._clock()
+
+        def op(conn: sqlite3.Connection) -> Job:
+            with self._write(conn):
+                if attempt_id is not None:
+                    row = conn.execute(
+                        "SELECT attempt_ids, request_id FROM jobs WHERE job_id = ?", (job_id,)
+                    ).fetchone()
+                    ids = [*json.loads(row["attempt_ids"]), attempt_id]
+                    fields["attempt_ids"] = json.dumps(ids)
+                    fields["attempts"] = len(ids)
+                    fields["current_request_id"] = attempt_id
+                    if row["request_id"] is None:
+                        fields["request_id"] = attempt_id
+                    conn.execute("INSERT OR IGNORE INTO aliases (alias, job_id) VALUES (?, ?)", (attempt_id, job_id))
+                sets = ", ".join(f"{name} = ?" for name in fields)
+                conn.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
+                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                return _row_to_job(row)
+
+        return await self._run(op)
+
+    async def claim_download(self, job_id: str, *, lease_seconds: float) -> Job | None:
+        """Takes the right to download a job's video, so exactly one process does it; None if another holds it."""
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            with self._write(conn):
+                cur = conn.execute(
+                    "UPDATE jobs SET download_state = 'downloading', download_lease = ?, updated_at = ? "
+                    "WHERE job_id = ? AND status = 'completed' AND (download_state = 'pending' "
+                    "OR (download_state = 'downloading' AND (download_lease IS NULL OR download_lease < ?)))",
+                    (now + lease_seconds, now, job_id, now),
+                )
+                if cur.rowcount == 0:
+                    return None
+                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                return _row_to_job(row)
+
+        return await self._run(op)
