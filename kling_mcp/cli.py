@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "sandbox-gateway":
         from kling_mcp.sandbox.standalone import run
 
-        return run(args)
+        return int(run(args))
     if command == "demo":
         from kling_mcp.demo import run_demo
 

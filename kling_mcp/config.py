@@ -60,6 +60,11 @@ class Settings:
     state_dir: Path | None = None
     output_dir: Path | None = None
     download: bool = True
+    dedupe_seconds: float = 600.0
+    error_retries: int = 2
+    max_active_jobs: int = 8
+    daily_seconds: int | None = None  # seconds of video per UTC day; None: unlimited
+    confirm_above_seconds: int | None = None
     sandbox_time_scale: float = 20.0
     sandbox_render_size: tuple[int, int] | None = None
     sandbox_fps: int | None = None
@@ -115,6 +120,11 @@ class Settings:
             state_dir=reader.path("KLING_MCP_STATE_DIR"),
             output_dir=reader.path("KLING_MCP_OUTPUT_DIR"),
             download=reader.flag("KLING_MCP_DOWNLOAD", True),
+            dedupe_seconds=reader.number("KLING_MCP_DEDUPE_SECONDS", 600.0, minimum=0.0),
+            error_retries=int(reader.number("KLING_MCP_ERROR_RETRIES", 2, minimum=0)),
+            max_active_jobs=int(reader.number("KLING_MCP_MAX_ACTIVE_JOBS", 8, minimum=1)),
+            daily_seconds=reader.optional_int("KLING_MCP_DAILY_SECONDS"),
+            confirm_above_seconds=reader.optional_int("KLING_MCP_CONFIRM_ABOVE_SECONDS"),
             sandbox_time_scale=reader.number("KLING_MCP_SANDBOX_TIME_SCALE", 20.0, minimum=0.001),
             sandbox_render_size=_parse_size(size) if size else None,
             sandbox_fps=int(reader.number("KLING_MCP_SANDBOX_FPS", 0, minimum=0)) or None,
@@ -159,6 +169,11 @@ class _EnvReader:
         if not math.isfinite(value) or value < minimum:
             raise ConfigurationError(f"{name}={raw!r} must be a number of at least {minimum}.")
         return value
+
+    def optional_int(self, name: str) -> int | None:
+        if self.get(name) is None:
+            return None
+        return int(self.number(name, 0, minimum=0))
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.get(name)

@@ -68,7 +68,8 @@ async def _demo() -> int:
             print(f"  done: {data['request_id']}")
             print(f"  video: {where}")
         listing = await client.read_resource("kling://jobs")
-        print(f"\nThe ledger now lists {listing.contents[0].text.count('request_id')} job(s) (resource kling://jobs).")
+        text = getattr(listing.contents[0], "text", "")
+        print(f"\nThe ledger now lists {text.count('request_id')} job(s) (resource kling://jobs).")
     print(f"\nFinished in {time.monotonic() - started:.1f}s. Videos:")
     for path in videos:
         print(f"  {path}")

@@ -16,6 +16,7 @@
     ├── JobError                     a job could not produce a video
     │   ├── JobNotFoundError         no job with that request id
     │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
+    ├── SpendLimitError              a spend guard refused the request; .limit, .remaining, .resets_at
     └── DownloadError                the finished video could not be saved locally
 
 Lower-level errors (httpx2, sqlite3, av) are translated at the boundary where they occur, so callers only ever
@@ -146,6 +147,18 @@ class GenerationFailedError(JobError):
         super().__init__(message, hint=hint)
         self.status = status
         self.charged = charged
+
+
+class SpendLimitError(KlingError):
+    """A server-side spend guard (active jobs, seconds per day) refused a request before it was sent."""
+
+    code = "spend_limit"
+
+    def __init__(self, message: str, *, limit: str, remaining: float, resets_at: str | None, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
+        self.remaining = remaining
+        self.resets_at = resets_at
 
 
 class DownloadError(KlingError):

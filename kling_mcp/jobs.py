@@ -29,7 +29,7 @@ from kling_mcp.errors import (
     NotFoundError,
 )
 from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient
-from kling_mcp.store import Job, Store
+from kling_mcp.store import Guards, Job, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class EngineConfig:
     time_scale: float = 1.0  # the sandbox runs faster than real time; estimates follow it
     dedupe_seconds: float = 600.0
     error_retries: int = 2
+    guards: Guards = field(default_factory=Guards)
     download_attempts: int = 5
     download_max_bytes: int | None = 2 * 1024**3
     submit_grace_seconds: float = 120.0  # a row left 'submitting' longer than this was cut off mid-submit
@@ -155,6 +156,7 @@ class JobEngine:
             dedupe_seconds=0.0 if force_new else self.config.dedupe_seconds,
             parent_id=parent_id,
             download=self.config.output_dir is not None,
+            guards=self.config.guards,
         )
         if not created:
             self._drive(job)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import httpx2
 from mcp.server import NotificationOptions, ServerRequestContext
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
@@ -43,7 +43,7 @@ from kling_mcp.config import SANDBOX_KEY, Settings
 from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
 from kling_mcp.jobs import EngineConfig, JobEngine, Submitted, expected_seconds
 from kling_mcp.pixazo import GenerationRequest, PixazoClient
-from kling_mcp.store import Job, Store
+from kling_mcp.store import Guards, Job, Store
 
 log = logging.getLogger("kling_mcp")
 
@@ -345,6 +345,9 @@ async def open_state(
                 poll_interval=settings.poll_interval,
                 output_dir=output_dir,
                 time_scale=time_scale,
+                dedupe_seconds=settings.dedupe_seconds,
+                error_retries=settings.error_retries,
+                guards=Guards(max_active_jobs=settings.max_active_jobs, daily_seconds=settings.daily_seconds),
             ),
         )
         notifier = Notifier(bus=bus)
@@ -397,6 +400,39 @@ def _explain_validation(server: MCPServer[Any], tool: str, error: ValidationErro
         lines.append(text)
     lines.append("Fix the fields above and call again.")
     return "\n".join(lines)
+
+
+class ConfirmSpend(BaseModel):
+    confirm: bool = Field(description="Submit this paid generation?")
+
+
+def _confirm(ctx: Context[AppState], seconds: int) -> ConfirmSpend | Elicit[ConfirmSpend]:
+    """Asks the user before a large paid request, where the client can ask; the spend guards apply regardless."""
+    state = ctx.request_context.lifespan_context
+    threshold = state.settings.confirm_above_seconds
+    caps = ctx.client_capabilities
+    if state.mode == "sandbox" or threshold is None or seconds <= threshold or caps is None or caps.elicitation is None:
+        return ConfirmSpend(confirm=True)
+    return Elicit(
+        f"This Kling generation bills {seconds} s of video (about ${seconds * limits.PRICE_PER_SECOND_USD:.2f} at "
+        f"the upstream list price), above the {threshold} s you asked to confirm. Submit it?",
+        ConfirmSpend,
+    )
+
+
+async def _confirm_duration(duration: int, ctx: Context[AppState]) -> ConfirmSpend | Elicit[ConfirmSpend]:
+    return _confirm(ctx, duration)
+
+
+async def _confirm_shots(shots: list[limits.Shot], ctx: Context[AppState]) -> ConfirmSpend | Elicit[ConfirmSpend]:
+    return _confirm(ctx, sum(s.duration for s in shots))
+
+
+Confirmed = ElicitationResult[ConfirmSpend]
+
+
+def _declined(confirmed: Confirmed) -> bool:
+    return not (isinstance(confirmed, AcceptedElicitation) and confirmed.data.confirm)
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -487,8 +523,11 @@ async def _run_generation(
     wait_seconds: float | None,
     idempotency_key: str | None,
     force_new: bool,
+    confirmed: Confirmed,
 ) -> CallToolResult:
     state = _state(ctx)
+    if _declined(confirmed):
+        raise ToolError("Not submitted: the user declined the spend confirmation. Nothing was charged.")
     wait = state.settings.max_wait if wait_seconds is None else wait_seconds
     try:
         request = request_factory()
@@ -530,6 +569,7 @@ def _register_tools(server: KlingServer) -> None:
         wait_seconds: WaitSeconds = None,
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
+        confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobResult]:
         """Text to video with Kling 3 Turbo Pro. Waits up to wait_seconds, then returns the job (still running is
         normal: follow `next`). Returns media_url, local_path and the job resource."""
@@ -541,6 +581,7 @@ def _register_tools(server: KlingServer) -> None:
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
             force_new=force_new,
+            confirmed=confirmed,
         )
 
     @server.tool(title="Animate an image", annotations=GENERATE)
@@ -555,6 +596,7 @@ def _register_tools(server: KlingServer) -> None:
         wait_seconds: WaitSeconds = None,
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
+        confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobResult]:
         """Image to video: the image is the first frame, the prompt says what happens next."""
         return await _run_generation(
@@ -569,6 +611,7 @@ def _register_tools(server: KlingServer) -> None:
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
             force_new=force_new,
+            confirmed=confirmed,
         )
 
     @server.tool(title="Storyboard: several shots, one clip", annotations=GENERATE)
@@ -583,6 +626,7 @@ def _register_tools(server: KlingServer) -> None:
         wait_seconds: WaitSeconds = None,
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
+        confirmed: Annotated[Confirmed, Resolve(_confirm_shots)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobResult]:
         """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
         return await _run_generation(
@@ -596,6 +640,7 @@ def _register_tools(server: KlingServer) -> None:
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
             force_new=force_new,
+            confirmed=confirmed,
         )
 
     @server.tool(title="Check a video job", annotations=READ_ONLY)

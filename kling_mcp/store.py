@@ -14,13 +14,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from kling_mcp.errors import JobNotFoundError
+from kling_mcp.errors import JobNotFoundError, SpendLimitError
 from kling_mcp.pixazo import GenerationRequest, JobStatus
 
 LedgerStatus = Literal["submitting", "unknown"] | JobStatus
@@ -86,6 +88,57 @@ _UPDATABLE = frozenset(
         "size_bytes",
     }
 )
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Spend limits checked in the same transaction that records a job, so concurrent calls cannot overshoot."""
+
+    max_active_jobs: int | None = None
+    daily_seconds: int | None = None
+
+
+def _utc_day_bounds(now: float) -> tuple[float, float]:
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp(), (day + timedelta(days=1)).timestamp()
+
+
+def _check_guards(conn: sqlite3.Connection, guards: Guards, seconds: int, now: float) -> None:
+    if guards.max_active_jobs is not None:
+        active = int(
+            conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('submitting', 'queued', 'processing')").fetchone()[
+                0
+            ]
+        )
+        if active >= guards.max_active_jobs:
+            raise SpendLimitError(
+                f"Refused: {active} jobs are already running (KLING_MCP_MAX_ACTIVE_JOBS={guards.max_active_jobs}).",
+                limit="max_active_jobs",
+                remaining=0,
+                resets_at=None,
+                hint="Wait for a running job to finish (check_status or list_jobs), then call again.",
+            )
+    if guards.daily_seconds is not None:
+        start, end = _utc_day_bounds(now)
+        used = int(
+            conn.execute(
+                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status != 'error'",
+                (start,),
+            ).fetchone()[0]
+        )
+        left = max(0, guards.daily_seconds - used)
+        if seconds > left:
+            resets = datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
+            raise SpendLimitError(
+                f"Refused: {seconds} s of video would exceed today's budget of {guards.daily_seconds} s "
+                f"(KLING_MCP_DAILY_SECONDS); {left} s left.",
+                limit="daily_seconds",
+                remaining=left,
+                resets_at=resets,
+                hint=f"Ask for at most {left} s, or wait until {resets} (UTC midnight)."
+                if left >= 3
+                else f"Wait until {resets} (UTC midnight), when the budget resets.",
+            )
 
 
 class Job(BaseModel):
@@ -213,6 +266,7 @@ class Store:
         dedupe_seconds: float = 0.0,
         parent_id: str | None = None,
         download: bool = True,
+        guards: Guards | None = None,
     ) -> tuple[Job, bool]:
         """Records a job in state ``submitting``; returns (job, created).
 
@@ -237,6 +291,8 @@ class Store:
                     ).fetchone()
                     if row is not None:
                         return _row_to_job(row), False
+                if guards is not None:
+                    _check_guards(conn, guards, request.video_seconds, now)
                 job_id = "job_" + uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO jobs (job_id, status, mode, request_json, fingerprint, idempotency_key, "
@@ -303,27 +359,6 @@ class Store:
                 "OR (status = 'completed' AND download_state IN ('pending', 'downloading')) ORDER BY created_at"
             ).fetchall()
             return [_row_to_job(r) for r in rows]
-
-        return await self._run(op)
-
-    async def active_count(self) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status IN ('submitting', 'queued', 'processing')"
-            ).fetchone()
-            return int(row[0])
-
-        return await self._run(op)
-
-    async def seconds_since(self, since: float) -> int:
-        """Seconds of video requested since ``since``, excluding attempts the gateway did not charge."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status != 'error'",
-                (since,),
-            ).fetchone()
-            return int(row[0])
 
         return await self._run(op)
 

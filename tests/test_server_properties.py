@@ -1,0 +1,176 @@
+"""Arbitrary arguments at every tool: always a result or an isError, never a crash, never an invalid paid request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+from mcp.types import TextContent
+
+from kling_mcp.config import Settings
+from kling_mcp.sandbox import SandboxConfig, serve_sandbox
+from kling_mcp.server import build_server
+
+ASPECTS = ("16:9", "9:16", "1:1")
+
+
+class Harness:
+    def __init__(self, portal: BlockingPortal, client: Client, gateway: Any) -> None:
+        self.portal = portal
+        self.client = client
+        self.gateway = gateway
+
+    def call(self, tool: str, args: dict[str, Any]) -> Any:
+        return self.portal.call(self.client.call_tool, tool, args)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    tmp: Path = tmp_path_factory.mktemp("props")
+    with start_blocking_portal("asyncio") as portal:
+        stack = AsyncExitStack()
+
+        async def open_all() -> tuple[Client, Any]:
+            served = await stack.enter_async_context(
+                serve_sandbox(SandboxConfig(time_scale=5000, render_size=(64, 36), fps=4, media_dir=tmp / "media"))
+            )
+            server = build_server(
+                Settings(
+                    mode="sandbox",
+                    base_url=served.base_url,
+                    poll_interval=0.05,
+                    state_dir=tmp / "state",
+                    output_dir=None,
+                    download=False,
+                )
+            )
+            client = await stack.enter_async_context(Client(server))
+            return client, served.gateway
+
+        client, gateway = portal.call(open_all)
+        try:
+            yield Harness(portal, client, gateway)
+        finally:
+            portal.call(stack.aclose)
+
+
+def valid_prompt(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 3072 and bool(value.strip())
+
+
+def valid_duration(value: Any) -> bool:
+    # JSON numbers with no fraction are integers to a JSON schema; booleans are not.
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == int(value) and 3 <= value <= 15
+
+
+def _png_data_uri() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 300), (10, 120, 200)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# The sandbox fetches images at submit time and has no internet, so the one valid image is inline.
+PNG_URI = _png_data_uri()
+
+
+def valid_image(value: Any) -> bool:
+    return value == PNG_URI
+
+
+def expected_valid(tool: str, args: dict[str, Any]) -> bool:
+    """An independent reading of pixazo-api.md section 2, not the server's own code."""
+    known = {
+        "generate_video": {"prompt", "duration", "aspect_ratio"},
+        "animate_image": {"image_url", "prompt", "duration", "aspect_ratio"},
+        "storyboard": {"shots", "aspect_ratio", "image_url"},
+    }[tool]
+    if "aspect_ratio" in args and args["aspect_ratio"] not in ASPECTS:
+        return False
+    if "duration" in args and not valid_duration(args["duration"]):
+        return False
+    if tool == "generate_video":
+        return "prompt" in args and valid_prompt(args["prompt"])
+    if tool == "animate_image":
+        if "prompt" in args and args["prompt"] is not None and not valid_prompt(args["prompt"]):
+            return False
+        return "image_url" in args and valid_image(args["image_url"])
+    assert known
+    if "image_url" in args and args["image_url"] is not None and not valid_image(args["image_url"]):
+        return False
+    shots = args.get("shots")
+    if not isinstance(shots, list) or not 1 <= len(shots) <= 6:
+        return False
+    total = 0
+    for shot in shots:
+        if not isinstance(shot, dict) or set(shot) - {"prompt", "duration"} or not valid_prompt(shot.get("prompt")):
+            return False
+        duration = shot.get("duration", 5)
+        if not valid_duration(duration):
+            return False
+        total += int(duration)
+    return total <= 15
+
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-100, 100),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=3),
+)
+prompts = st.one_of(st.text(min_size=0, max_size=40), st.just(" "), st.just("x" * 3073), junk)
+durations = st.one_of(st.integers(0, 20), st.sampled_from([3.0, 5.5, "5", True]), junk)
+aspects = st.one_of(st.sampled_from([*ASPECTS, "4:3", "16:9 "]), junk)
+images = st.one_of(
+    st.sampled_from([PNG_URI, "ftp://x/y.png", "", "http://", "file:///etc/passwd"]),
+    junk,
+)
+shot = st.fixed_dictionaries({}, optional={"prompt": prompts, "duration": durations, "extra": junk})
+shot_lists = st.one_of(st.lists(shot, max_size=8), junk)
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    tool = draw(st.sampled_from(["generate_video", "animate_image", "storyboard"]))
+    pool: dict[str, st.SearchStrategy[Any]] = {
+        "generate_video": {"prompt": prompts, "duration": durations, "aspect_ratio": aspects},
+        "animate_image": {"image_url": images, "prompt": prompts, "duration": durations, "aspect_ratio": aspects},
+        "storyboard": {"shots": shot_lists, "aspect_ratio": aspects, "image_url": images},
+    }[tool]
+    args = draw(st.fixed_dictionaries({}, optional=pool))
+    args["wait_seconds"] = 0
+    args["force_new"] = True
+    return tool, args
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(call=calls())
+def test_any_arguments_get_a_result_or_an_explained_error_and_invalid_ones_cost_nothing(
+    harness: Harness, call: tuple[str, dict[str, Any]]
+) -> None:
+    tool, args = call
+    before = harness.gateway.submit_count
+    result = harness.call(tool, args)
+    text = "\n".join(c.text for c in result.content if isinstance(c, TextContent))
+    submitted = harness.gateway.submit_count - before
+    assert text.strip() != f"Error executing tool {tool}", "the tool crashed"
+    if expected_valid(tool, args):
+        assert not result.is_error, text
+        assert submitted == 1
+    else:
+        assert result.is_error, f"accepted invalid {args}"
+        assert submitted == 0
+        assert "nothing was submitted" in text.lower() or "invalid" in text.lower()

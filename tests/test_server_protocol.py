@@ -1,0 +1,159 @@
+"""Schemas, resources, notifications, completion and logging: the protocol surface, in both eras."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.types import ResourceTemplateReference, ServerNotification, TextResourceContents
+
+from kling_mcp import limits
+from kling_mcp.config import Settings
+from kling_mcp.server import build_server
+
+pytestmark = pytest.mark.anyio
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
+
+
+async def test_tool_schemas_encode_every_limit(settings: Settings) -> None:
+    async with Client(build_server(settings)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == {"generate_video", "animate_image", "storyboard", "check_status", "list_jobs"}
+    gen = tools["generate_video"].input_schema["properties"]
+    assert gen["prompt"]["minLength"] == limits.PROMPT_MIN_CHARS
+    assert gen["prompt"]["maxLength"] == limits.PROMPT_MAX_CHARS
+    assert (gen["duration"]["minimum"], gen["duration"]["maximum"]) == (limits.DURATION_MIN_S, limits.DURATION_MAX_S)
+    assert gen["duration"]["default"] == limits.DURATION_DEFAULT_S
+    assert gen["aspect_ratio"]["enum"] == list(limits.ASPECT_RATIOS)
+    assert gen["aspect_ratio"]["default"] == "16:9"
+    assert tools["generate_video"].input_schema["required"] == ["prompt"]
+    story = tools["storyboard"].input_schema
+    assert (story["properties"]["shots"]["minItems"], story["properties"]["shots"]["maxItems"]) == (1, 6)
+    assert "15 s" in story["properties"]["shots"]["description"]
+    shot = story["$defs"]["Shot"]["properties"]
+    assert (shot["duration"]["minimum"], shot["duration"]["maximum"]) == (3, 15)
+    assert shot["prompt"]["maxLength"] == 3072
+    assert "300 px" in tools["animate_image"].input_schema["properties"]["image_url"]["description"]
+    for tool in tools.values():
+        assert tool.title
+        assert tool.description
+        assert tool.annotations is not None
+        assert tool.output_schema is not None
+    assert tools["check_status"].annotations.read_only_hint is True  # type: ignore[union-attr]
+    assert tools["generate_video"].annotations.open_world_hint is True  # type: ignore[union-attr]
+
+
+async def test_tool_schemas_match_the_checked_in_snapshot(settings: Settings) -> None:
+    """An interface change must be deliberate: regenerate with KLING_MCP_UPDATE_SNAPSHOTS=1 and review the diff."""
+    async with Client(build_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+    current = {
+        t.name: {"title": t.title, "input": t.input_schema, "output": t.output_schema, "description": t.description}
+        for t in tools
+    }
+    text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("KLING_MCP_UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(text)
+    assert text == SNAPSHOT.read_text(), "tool schemas changed: review, then KLING_MCP_UPDATE_SNAPSHOTS=1"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_job_resources_read_back_the_job_and_the_list(settings: Settings, mode: str) -> None:
+    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        templates = await client.list_resource_templates()
+        assert [t.uri_template for t in templates.resource_templates] == ["kling://jobs/{request_id}"]
+        result = await client.call_tool("generate_video", {"prompt": "resource me"})
+        data = result.structured_content
+        assert data is not None
+        job = await client.read_resource(data["resource_uri"])
+        contents = job.contents[0]
+        assert isinstance(contents, TextResourceContents)
+        assert json.loads(contents.text)["status"] == "completed"
+        listing = await client.read_resource("kling://jobs", cache_mode="bypass")
+        listed = listing.contents[0]
+        assert isinstance(listed, TextResourceContents)
+        assert [j["request_id"] for j in json.loads(listed.text)] == [data["request_id"]]
+
+
+async def test_legacy_subscribers_hear_of_job_updates_and_new_jobs(settings: Settings, sandbox: Any) -> None:
+    seen: list[str] = []
+    updated = anyio.Event()
+    watched: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ServerNotification):
+            seen.append(message.method + " " + str(getattr(message.params, "uri", "")))
+            if watched and seen[-1] == f"notifications/resources/updated {watched[0]}":
+                updated.set()
+
+    async with Client(build_server(settings), mode="legacy", message_handler=on_message) as client:
+        first = await client.call_tool("generate_video", {"prompt": "[sandbox:hold] notify", "wait_seconds": 0})
+        assert first.structured_content is not None
+        uri = first.structured_content["resource_uri"]
+        watched.append(uri)
+        await client.subscribe_resource(uri)
+        sandbox.gateway.finish(first.structured_content["request_id"])
+        await client.call_tool(
+            "check_status", {"request_id": first.structured_content["request_id"], "wait_seconds": 20}
+        )
+        with anyio.fail_after(5):
+            await updated.wait()
+    assert any(s.startswith("notifications/resources/list_changed") for s in seen)
+
+
+async def test_modern_listeners_hear_of_job_updates_and_new_jobs(settings: Settings, sandbox: Any) -> None:
+    async with Client(build_server(settings), mode="auto") as client:
+        first = await client.call_tool("generate_video", {"prompt": "[sandbox:hold] listen", "wait_seconds": 0})
+        assert first.structured_content is not None
+        uri = first.structured_content["resource_uri"]
+        async with client.listen(resource_subscriptions=[uri], resources_list_changed=True) as sub:
+            sandbox.gateway.finish(first.structured_content["request_id"])
+            await client.call_tool("generate_video", {"prompt": "another", "wait_seconds": 0})
+            kinds: set[str] = set()
+            with anyio.fail_after(10):
+                async for event in sub:
+                    if isinstance(event, ResourceUpdated) and event.uri == uri:
+                        kinds.add("updated")
+                    if isinstance(event, ResourcesListChanged):
+                        kinds.add("list")
+                    if kinds == {"updated", "list"}:
+                        break
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: str) -> None:
+    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        result = await client.call_tool("generate_video", {"prompt": "complete me", "wait_seconds": 0})
+        assert result.structured_content is not None
+        rid = result.structured_content["request_id"]
+        ref = ResourceTemplateReference(type="ref/resource", uri="kling://jobs/{request_id}")
+        done = await client.complete(ref, {"name": "request_id", "value": rid[:20]})
+    assert done.completion.values == [rid]
+
+
+async def test_logging_set_level_is_answered(settings: Settings) -> None:
+    async with Client(build_server(settings), mode="legacy") as client:
+        await client.set_logging_level("debug")
+
+
+async def test_legacy_initialize_advertises_list_changed_and_subscribe(settings: Settings) -> None:
+    async with Client(build_server(settings), mode="legacy") as client:
+        caps = client.session.server_capabilities  # type: ignore[attr-defined]
+    assert caps is not None
+    assert caps.resources is not None
+    assert caps.resources.subscribe is True
+    assert caps.resources.list_changed is True
+
+
+def test_the_mode_is_announced_in_the_instructions(settings: Settings) -> None:
+    assert "SANDBOX" in (build_server(settings).instructions or "")
+    live = settings.with_(mode="live", api_key="sk_live_x")
+    assert "LIVE" in (build_server(live).instructions or "")
