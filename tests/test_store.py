@@ -46,7 +46,7 @@ async def test_identical_requests_inside_the_window_share_a_job_unless_forced(tm
     assert created
     assert forced.job_id != first.job_id
     clock.now += 2 + 600
-    later, created = await store.create(req(), mode="sandbox", dedupe_seconds=600)
+    _, created = await store.create(req(), mode="sandbox", dedupe_seconds=600)
     assert created
 
 
