@@ -29,7 +29,7 @@ from kling_mcp.errors import (
     NotFoundError,
 )
 from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient
-from kling_mcp.store import Guards, Job, Store
+from kling_mcp.store import Guards, Job, Store, owner_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class JobEngine:
     async def _resume(self) -> None:
         for job in await self.store.unsettled():
             if job.status == "submitting":
-                if self._clock() - job.created_at > self.config.submit_grace_seconds:
+                if owner_is_dead(job.owner) or self._clock() - job.created_at > self.config.submit_grace_seconds:
                     await self._set(
                         job,
                         status="unknown",
@@ -169,7 +169,10 @@ class JobEngine:
         return Submitted(job, reused=False)
 
     async def get(self, any_id: str) -> Job:
+        """A job by any of its ids. Asking about a job whose download gave up tries the download again."""
         job = await self.store.get(any_id)
+        if job.status == "completed" and job.download_state == "failed" and self.config.output_dir is not None:
+            job = await self._set(job, download_state="pending", download_attempts=0)
         self._drive(job)
         return job
 
@@ -223,6 +226,8 @@ class JobEngine:
                 log.exception("job listener failed")
 
     async def _set(self, job: Job, **fields: object) -> Job:
+        if fields.get("status") in ("failed", "error", "unknown"):
+            fields["download_state"] = "off"  # no video will come, so no download is owed
         updated = await self.store.update(job.job_id, **fields)
         await self._notify(updated)
         return updated
@@ -245,7 +250,6 @@ class JobEngine:
                 job,
                 status="error",
                 finished_at=self._clock(),
-                download_state="off",
                 error=f"Not submitted: {exc.message}",
             )
             if job.attempts == 0:
@@ -322,7 +326,6 @@ class JobEngine:
                 job,
                 status=status.status,
                 finished_at=self._clock(),
-                download_state="off",
                 error=status.error or f"The gateway ended the job {status.raw_status}.",
             )
         if status.status != job.status:

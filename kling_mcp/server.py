@@ -6,6 +6,7 @@ only module (with ``cli`` and ``demo``) that imports ``mcp``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -36,7 +37,7 @@ from mcp.types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_mcp import __version__, limits
 from kling_mcp.config import SANDBOX_KEY, Settings
@@ -64,32 +65,40 @@ class JobParams(BaseModel):
     image_url: str | None = None
 
 
-class JobResult(BaseModel):
-    """The job as every tool returns it."""
+# The job as advertised in every tool's outputSchema: only the fields an agent acts on, because the model reads
+# every schema on every turn. Results carry more (JobResult), which additionalProperties allows.
+class JobOut(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"description": "A Kling video job."})
 
     request_id: str
     status: Literal["submitting", "queued", "processing", "completed", "failed", "error", "unknown"]
-    done: bool
     media_url: str | None
     local_path: str | None
     resource_uri: str
     mode: Literal["live", "sandbox"]
-    params: JobParams
+    params: dict[str, Any]
     video_seconds: int
+    elapsed_s: float
+    error: str | None
+    next: str | None
+
+
+class JobResult(JobOut):
+    """The whole job as results carry it."""
+
+    params: JobParams  # type: ignore[assignment]
+    done: bool
     created_at: str
     finished_at: str | None
-    elapsed_s: float
     eta_s: float | None
     attempts: int
     reused: bool = False
-    error: str | None = None
     retry_free: bool | None = None
     download: str
-    next: str | None = None
 
 
 class JobList(BaseModel):
-    jobs: list[JobResult]
+    jobs: list[JobOut]
 
 
 def _iso(ts: float | None) -> str | None:
@@ -435,6 +444,42 @@ def _declined(confirmed: Confirmed) -> bool:
     return not (isinstance(confirmed, AcceptedElicitation) and confirmed.data.confirm)
 
 
+def compact_schema(schema: Any, *, in_properties: bool = False) -> Any:
+    """Drops what costs a model tokens and says nothing: auto titles, and anyOf-with-null where a type list does.
+
+    Validation does not use these dicts (pydantic validates the arguments), so this only changes what is listed.
+    """
+    if isinstance(schema, list):
+        return [compact_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if in_properties:
+        return {name: compact_schema(sub) for name, sub in schema.items()}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title":
+            continue
+        out[key] = compact_schema(value, in_properties=key in ("properties", "$defs"))
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        if isinstance(other, dict) and isinstance(other.get("type"), str) and "anyOf" not in other:
+            del out["anyOf"]
+            out = {**other, **out, "type": [other["type"], "null"]}
+    return out
+
+
+def _compact_tool_schemas(server: KlingServer) -> None:
+    for tool in server._tool_manager.list_tools():
+        tool.parameters = compact_schema(tool.parameters)
+        tool.description = inspect.cleandoc(tool.description)
+        output = tool.fn_metadata.output_schema
+        if output is not None:
+            compacted = compact_schema(output)
+            output.clear()
+            output.update(compacted)
+
+
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 GENERATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 
@@ -443,14 +488,11 @@ WaitSeconds = Annotated[
     Field(
         ge=0,
         le=WAIT_MAX_S,
-        description="Seconds to wait for the video before returning the job still running (default from server).",
+        description="Max seconds to wait before returning the still-running job.",
     ),
 ]
-IdempotencyKey = Annotated[
-    str | None,
-    Field(max_length=200, description="Same key, same job: retries never pay twice."),
-]
-ForceNew = Annotated[bool, Field(description="Submit even if an identical request was made recently.")]
+IdempotencyKey = Annotated[str | None, Field(max_length=200, description="Same key returns the same job.")]
+ForceNew = Annotated[bool, Field(description="New take even if an identical request ran recently.")]
 
 
 @dataclass
@@ -489,6 +531,7 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         subscriptions=bus,
     )
     _register_tools(server)
+    _compact_tool_schemas(server)
     _register_resources(server, state_ref)
     _register_protocol_handlers(server, state_ref)
     return server
@@ -570,7 +613,7 @@ def _register_tools(server: KlingServer) -> None:
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
         confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
-    ) -> Annotated[CallToolResult, JobResult]:
+    ) -> Annotated[CallToolResult, JobOut]:
         """Text to video with Kling 3 Turbo Pro. Waits up to wait_seconds, then returns the job (still running is
         normal: follow `next`). Returns media_url, local_path and the job resource."""
         return await _run_generation(
@@ -597,7 +640,7 @@ def _register_tools(server: KlingServer) -> None:
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
         confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
-    ) -> Annotated[CallToolResult, JobResult]:
+    ) -> Annotated[CallToolResult, JobOut]:
         """Image to video: the image is the first frame, the prompt says what happens next."""
         return await _run_generation(
             ctx,
@@ -621,13 +664,13 @@ def _register_tools(server: KlingServer) -> None:
         aspect_ratio: Annotated[limits.AspectRatio, Field(description=limits.ASPECT_DESCRIPTION)] = "16:9",
         image_url: Annotated[
             str | None,
-            Field(min_length=1, max_length=4096, description="Optional first frame. " + limits.IMAGE_DESCRIPTION),
+            Field(min_length=1, max_length=4096, description=limits.IMAGE_DESCRIPTION),
         ] = None,
         wait_seconds: WaitSeconds = None,
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,
         confirmed: Annotated[Confirmed, Resolve(_confirm_shots)] = None,  # type: ignore[assignment]
-    ) -> Annotated[CallToolResult, JobResult]:
+    ) -> Annotated[CallToolResult, JobOut]:
         """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
         return await _run_generation(
             ctx,
@@ -650,7 +693,7 @@ def _register_tools(server: KlingServer) -> None:
         wait_seconds: Annotated[
             float, Field(ge=0, le=WAIT_MAX_S, description="Seconds to wait for it to finish; 0 answers at once.")
         ] = 0,
-    ) -> Annotated[CallToolResult, JobResult]:
+    ) -> Annotated[CallToolResult, JobOut]:
         """The state of any job this server has made, waiting up to wait_seconds for it to finish."""
         state = _state(ctx)
         try:
@@ -673,7 +716,7 @@ def _register_tools(server: KlingServer) -> None:
         """Jobs the ledger holds, newest first, including ones from earlier server runs."""
         state = _state(ctx)
         jobs = await state.store.recent(statuses=[status] if status else None, limit=limit)
-        return JobList(jobs=[job_result(j, engine=state.engine) for j in jobs])
+        return JobList(jobs=[JobOut.model_validate(job_result(j, engine=state.engine).model_dump()) for j in jobs])
 
 
 def _register_resources(server: KlingServer, state_ref: StateRef) -> None:

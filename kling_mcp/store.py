@@ -8,6 +8,8 @@ processes; the blocking sqlite3 calls run in a worker thread so the event loop n
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -28,6 +30,28 @@ from kling_mcp.pixazo import GenerationRequest, JobStatus
 LedgerStatus = Literal["submitting", "unknown"] | JobStatus
 DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
 T = TypeVar("T")
+
+# Who wrote a 'submitting' row: a restarted server can tell a submit cut off by a crash from one in flight.
+PROCESS_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` was a process on this host that no longer runs."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
 
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "error", "unknown"})
 
@@ -59,6 +83,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     sha256 TEXT,
     size_bytes INTEGER,
     parent_id TEXT,
+    owner TEXT,
     extra_json TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, created_at);
@@ -171,6 +196,7 @@ class Job(BaseModel):
     sha256: str | None
     size_bytes: int | None
     parent_id: str | None
+    owner: str | None = None
 
     @property
     def id(self) -> str:
@@ -214,6 +240,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         sha256=row["sha256"],
         size_bytes=row["size_bytes"],
         parent_id=row["parent_id"],
+        owner=row["owner"],
     )
 
 
@@ -296,8 +323,8 @@ class Store:
                 job_id = "job_" + uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO jobs (job_id, status, mode, request_json, fingerprint, idempotency_key, "
-                    "video_seconds, created_at, updated_at, download_state, parent_id) "
-                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "video_seconds, created_at, updated_at, download_state, parent_id, owner) "
+                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         mode,
@@ -309,6 +336,7 @@ class Store:
                         now,
                         "pending" if download else "off",
                         parent_id,
+                        PROCESS_OWNER,
                     ),
                 )
                 conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -37,13 +38,13 @@ async def test_all_four_tools_complete_against_an_independent_gateway(
     app, state = fake_gateway(make_clip(tmp_path / "clip.mp4"))
     server = build_server(settings, transport=httpx2.ASGITransport(app))
     image = "https://images.example/frame.png"
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("generate_video", {"prompt": "a fox in the snow", "duration": 5}),
         ("animate_image", {"image_url": image, "prompt": "the fox runs"}),
         ("storyboard", {"shots": [{"prompt": "dawn", "duration": 3}, {"prompt": "dusk", "duration": 4}]}),
     ]
     with anyio.fail_after(30):
-        async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(server, mode=mode) as client:
             for tool, args in calls:
                 result = await client.call_tool(tool, args)
                 assert not result.is_error, result.content

@@ -67,7 +67,7 @@ async def test_tool_schemas_match_the_checked_in_snapshot(settings: Settings) ->
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_job_resources_read_back_the_job_and_the_list(settings: Settings, mode: str) -> None:
-    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(build_server(settings), mode=mode) as client:
         templates = await client.list_resource_templates()
         assert [t.uri_template for t in templates.resource_templates] == ["kling://jobs/{request_id}"]
         result = await client.call_tool("generate_video", {"prompt": "resource me"})
@@ -83,6 +83,7 @@ async def test_job_resources_read_back_the_job_and_the_list(settings: Settings, 
         assert [j["request_id"] for j in json.loads(listed.text)] == [data["request_id"]]
 
 
+@pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")  # the legacy API is what is under test
 async def test_legacy_subscribers_hear_of_job_updates_and_new_jobs(settings: Settings, sandbox: Any) -> None:
     seen: list[str] = []
     updated = anyio.Event()
@@ -130,7 +131,7 @@ async def test_modern_listeners_hear_of_job_updates_and_new_jobs(settings: Setti
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: str) -> None:
-    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(build_server(settings), mode=mode) as client:
         result = await client.call_tool("generate_video", {"prompt": "complete me", "wait_seconds": 0})
         assert result.structured_content is not None
         rid = result.structured_content["request_id"]
@@ -139,6 +140,7 @@ async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: st
     assert done.completion.values == [rid]
 
 
+@pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
 async def test_logging_set_level_is_answered(settings: Settings) -> None:
     async with Client(build_server(settings), mode="legacy") as client:
         await client.set_logging_level("debug")
@@ -146,14 +148,14 @@ async def test_logging_set_level_is_answered(settings: Settings) -> None:
 
 async def test_legacy_initialize_advertises_list_changed_and_subscribe(settings: Settings) -> None:
     async with Client(build_server(settings), mode="legacy") as client:
-        caps = client.session.server_capabilities  # type: ignore[attr-defined]
+        caps = client.session.server_capabilities
     assert caps is not None
     assert caps.resources is not None
     assert caps.resources.subscribe is True
     assert caps.resources.list_changed is True
 
 
-def test_the_mode_is_announced_in_the_instructions(settings: Settings) -> None:
+async def test_the_mode_is_announced_in_the_instructions(settings: Settings) -> None:
     assert "SANDBOX" in (build_server(settings).instructions or "")
     live = settings.with_(mode="live", api_key="sk_live_x")
     assert "LIVE" in (build_server(live).instructions or "")

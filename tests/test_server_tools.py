@@ -25,7 +25,7 @@ def text_of(result: CallToolResult) -> str:
 
 def data_of(result: CallToolResult) -> dict[str, Any]:
     assert result.structured_content is not None, text_of(result)
-    return result.structured_content
+    return dict(result.structured_content)
 
 
 def probe(path: str) -> tuple[float, int, int]:
@@ -33,13 +33,13 @@ def probe(path: str) -> tuple[float, int, int]:
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        return container.duration / av.time_base, stream.codec_context.width, stream.codec_context.height
+        return (container.duration or 0) / av.time_base, stream.codec_context.width, stream.codec_context.height
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_generate_video_returns_a_downloaded_sandbox_video_with_links(settings: Settings, mode: str) -> None:
     with anyio.fail_after(30):
-        async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(build_server(settings), mode=mode) as client:
             result = await client.call_tool("generate_video", {"prompt": "a red kite over dunes", "duration": 4})
     assert not result.is_error, text_of(result)
     data = data_of(result)
@@ -74,7 +74,7 @@ async def test_generate_video_returns_a_downloaded_sandbox_video_with_links(sett
 async def test_storyboard_makes_one_clip_as_long_as_its_shots(settings: Settings, mode: str, sandbox: Any) -> None:
     shots = [{"prompt": "sunrise", "duration": 3}, {"prompt": "noon", "duration": 4}, {"prompt": "dusk", "duration": 5}]
     with anyio.fail_after(30):
-        async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(build_server(settings), mode=mode) as client:
             result = await client.call_tool("storyboard", {"shots": shots, "aspect_ratio": "9:16"})
     data = data_of(result)
     assert data["status"] == "completed", text_of(result)
@@ -160,7 +160,7 @@ async def test_a_job_still_running_is_returned_with_the_next_call_not_an_error(
     settings: Settings, sandbox: Any, mode: str
 ) -> None:
     with anyio.fail_after(30):
-        async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(build_server(settings), mode=mode) as client:
             first = await client.call_tool(
                 "generate_video", {"prompt": "[sandbox:hold] a slow one", "wait_seconds": 0.3}
             )
@@ -188,7 +188,7 @@ async def test_progress_rises_with_readable_messages_while_waiting(settings: Set
                 sandbox.gateway.finish(job.request_id)
 
     with anyio.fail_after(30):
-        async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(build_server(settings), mode=mode) as client:
             result = await client.call_tool(
                 "generate_video",
                 {"prompt": "[sandbox:hold] watch me", "wait_seconds": 20},

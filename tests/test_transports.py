@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,14 +39,14 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_stdio_server_lists_tools_and_makes_a_video_with_progress(tmp_path: Path, mode: str) -> None:
     params = StdioServerParameters(command=sys.executable, args=["-m", "kling_mcp"], env=server_env(tmp_path))
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     with tempfile.TemporaryFile("w+") as errlog:
         with anyio.fail_after(60):
-            async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:  # type: ignore[arg-type]
+            async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:
                 names = {t.name for t in (await client.list_tools()).tools}
                 result = await client.call_tool(
                     "generate_video", {"prompt": "over stdio", "duration": 3}, progress_callback=on_progress
@@ -56,8 +57,8 @@ async def test_stdio_server_lists_tools_and_makes_a_video_with_progress(tmp_path
     assert result.structured_content is not None, result.content
     assert result.structured_content["status"] == "completed"
     assert Path(result.structured_content["local_path"]).is_file()
-    assert progress
-    assert progress[-1] == 100
+    assert seen
+    assert seen[-1] == 100
     assert "SANDBOX" in stderr
 
 
@@ -79,52 +80,59 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
+    """Polls until the server answers; bounded, and fails at once if the process dies."""
+    deadline = time.monotonic() + seconds
+    with httpx2.Client() as http:
+        while time.monotonic() < deadline:
+            try:
+                http.get(url, timeout=0.5)
+                return
+            except httpx2.TransportError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}") from None
+                time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {seconds}s")
+
+
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", "--port", str(port)],
-        env=server_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        with httpx2.Client() as http:
-            for _ in range(600):
-                try:
-                    http.get(url, timeout=0.2)
-                    break
-                except httpx2.TransportError:
-                    if proc.poll() is not None:
-                        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died") from None
-                    anyio.run(anyio.sleep, 0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        assert proc.stdout is not None
-        assert proc.stdout.read() == b""
+    with (tmp_path / "stderr.log").open("wb") as errlog:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", "--port", str(port)],
+            env=server_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+        )
+        url = f"http://127.0.0.1:{port}/mcp"
+        try:
+            wait_until_serving(url, proc)
+            yield url
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+    assert out == b"", "nothing may be printed to stdout"
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_streamable_http_server_makes_a_video_with_progress(http_server: str, mode: str) -> None:
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     with anyio.fail_after(60):
-        async with Client(streamable_http_client(http_server), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(streamable_http_client(http_server), mode=mode) as client:
             result = await client.call_tool(
                 "storyboard",
                 {"shots": [{"prompt": "one", "duration": 3}, {"prompt": "two", "duration": 3}]},
                 progress_callback=on_progress,
             )
-            status = await client.call_tool("check_status", {"request_id": result.structured_content["request_id"]})  # type: ignore[index]
+            status = await client.call_tool("check_status", {"request_id": result.structured_content["request_id"]})
     assert result.structured_content is not None, result.content
     assert result.structured_content["status"] == "completed"
     assert status.structured_content is not None
     assert status.structured_content["local_path"] == result.structured_content["local_path"]
-    assert progress
-    assert progress == sorted(progress)
+    assert seen
+    assert seen == sorted(seen)

@@ -13,7 +13,7 @@ def make_clip(path: Path, *, seconds: float = 1.0, size: tuple[int, int] = (64, 
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         for i in range(max(1, round(seconds * fps))):
-            frame = av.VideoFrame.from_image(Image.new("RGB", size, (i * 20 % 256, 80, 160)))
+            frame = av.VideoFrame.from_image(Image.new("RGB", size, (i * 20 % 256, 80, 160)))  # type: ignore[no-untyped-call]
             frame.pts = i
             for packet in stream.encode(frame):
                 out.mux(packet)

@@ -1,0 +1,624 @@
+"""The sandbox gateway's state: jobs, balances, timing, renders and webhooks. HTTP lives in ``app.py``.
+
+A job's status is a function of the clock, computed when asked: nothing has to tick for a poll to see
+QUEUED, PROCESSING or a terminal state, so tests drive time with an injected clock. A background task still
+checks pending jobs a few times a second to refund, stamp ``completed_at`` and fire webhooks for jobs nobody polls.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import random
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, get_args
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+from anyio.abc import TaskGroup
+
+from kling_mcp import limits
+from kling_mcp.config import I2V_API_ID, T2V_API_ID
+from kling_mcp.errors import InvalidInputError
+from kling_mcp.sandbox import ids
+from kling_mcp.sandbox.images import check_image_bytes, load_image
+from kling_mcp.sandbox.render import RenderCancelled
+from kling_mcp.sandbox.settings import Faults, SandboxConfig, StatusStyle
+from kling_mcp.sandbox.validation import BadRequest, Endpoint, ParsedRequest, parse_submit
+
+__all__ = [
+    "OUTCOMES",
+    "InsufficientBalance",
+    "Job",
+    "Outcome",
+    "Phase",
+    "SandboxGateway",
+    "WebhookDelivery",
+]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["COMPLETED", "FAILED", "ERROR"]
+Phase = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "ERROR"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+PHASES: tuple[Phase, ...] = get_args(Phase)
+
+TRIGGER_FAIL = "[sandbox:fail]"
+TRIGGER_ERROR = "[sandbox:error]"
+TRIGGER_ERROR_ONCE = "[sandbox:error-once]"
+TRIGGER_HOLD = "[sandbox:hold]"
+
+MODERATION_ERROR = "Content moderation: prompt rejected"
+GENERATION_ERROR = "Generation failed: the model could not produce a video for this input"
+SYSTEM_ERROR = "Internal error while generating the video; not charged, safe to retry"
+RENDER_ERROR = "Internal error: the video could not be encoded; not charged, safe to retry"
+
+_API_IDS: dict[Endpoint, str] = {"text_to_video": T2V_API_ID, "image_to_video": I2V_API_ID}
+_STYLED: dict[StatusStyle, dict[Phase, str]] = {
+    "upper": {p: p for p in PHASES},
+    "lower": {p: p.lower() for p in PHASES},
+    "in_queue": {**{p: p for p in PHASES}, "QUEUED": "IN_QUEUE", "PROCESSING": "IN_PROGRESS"},
+}
+# How often unpolled jobs are looked at. Only bounds webhook latency and refunds; polls never wait for it.
+_TICK_S = 0.05
+
+
+class InsufficientBalance(Exception):
+    """A 402 answer: the key's balance is below the clip's length."""
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    attempt: int
+    url: str
+    status_code: int | None
+    error: str | None
+    at: float  # gateway clock
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(eq=False)
+class Job:
+    request_id: str
+    endpoint: Endpoint
+    key: str
+    body: dict[str, Any]
+    request: ParsedRequest
+    size: tuple[int, int]
+    image: bytes | None
+    outcome: Outcome
+    error: str | None
+    hold: bool
+    submitted_at: float  # gateway clock, like every float time below
+    queued_until: float
+    done_at: float
+    created_at: datetime
+    base_url: str
+    webhook_url: str | None
+    charged_s: float
+    refunded_s: float = 0.0
+    status_requests: int = 0  # every authorised status request for this id, faulted or not
+    status_polls: int = 0  # the ones answered with the job's status
+    media_requests: int = 0
+    webhook_deliveries: list[WebhookDelivery] = field(default_factory=list)
+    render_started: bool = False
+    media_path: Path | None = None
+    rendered_at: float | None = None
+    render_error: str | None = None
+    terminal: Phase | None = None
+    completed_at: datetime | None = None
+    rendered: anyio.Event = field(default_factory=anyio.Event)
+    settled: anyio.Event = field(default_factory=anyio.Event)
+    webhooks_done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def seconds(self) -> int:
+        return self.request.seconds
+
+    def phase(self, now: float) -> Phase:
+        if self.terminal is not None:
+            return self.terminal
+        if now < self.queued_until:
+            return "QUEUED"
+        if self.hold or now < self.done_at:
+            return "PROCESSING"
+        if self.outcome == "COMPLETED" and not self.rendered.is_set():
+            return "PROCESSING"  # the gateway never says COMPLETED before the file exists
+        return self.outcome
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _mask(key: str) -> str:
+    return key if len(key) <= 12 else f"{key[:8]}…{key[-4:]}"
+
+
+class SandboxGateway:
+    """State and background work of one sandbox gateway.
+
+    Enter it (``async with gateway:`` or ``async with gateway.running():``) before serving requests: that starts
+    the task group for renders and webhooks and the HTTP client used for image fetches and webhooks. The
+    Starlette app's lifespan does this; tests using ``httpx2.ASGITransport`` (no lifespan) do it themselves.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, *, outbound: httpx2.AsyncBaseTransport | None = None):
+        self.config = config or SandboxConfig()
+        self.jobs: dict[str, Job] = {}
+        self.submit_count = 0  # jobs created (and charged)
+        self.submit_requests = 0  # every submit that reached the gateway, refused ones included
+        self._outbound = outbound
+        self._balances: dict[str, float] = {}
+        self._error_once_seen: set[str] = set()
+        self._pending: set[Job] = set()
+        self._random = random.Random()
+        self._seeded = False
+        self._seed: int | None = None
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._media_dir: Path | None = None
+        self._limiter = anyio.CapacityLimiter(self.config.max_concurrent_renders)
+        self._stopping = threading.Event()
+        self._wake = anyio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("this SandboxGateway is already running")
+        async with AsyncExitStack() as stack:
+            self._stopping.clear()
+            # Fresh primitives: a gateway may be run again later, from another event loop.
+            self._wake = anyio.Event()
+            self._limiter = anyio.CapacityLimiter(self.config.max_concurrent_renders)
+            if self.config.media_dir is not None:
+                self._media_dir = Path(self.config.media_dir)
+                self._media_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                self._media_dir = Path(tempfile.mkdtemp(prefix="kling-sandbox-"))
+                stack.callback(shutil.rmtree, self._media_dir, True)
+            self._http = await stack.enter_async_context(
+                # trust_env=False: a proxy from the environment must never see loopback webhooks or images
+                httpx2.AsyncClient(transport=self._outbound, trust_env=False, follow_redirects=False)
+            )
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._stop_background)
+            self._tg.start_soon(self._ticker)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+        self._tg = None
+        self._http = None
+
+    async def _stop_background(self) -> None:
+        # Render threads poll this between frames; the cancel then returns within one frame's time.
+        self._stopping.set()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        async with self:
+            yield self
+
+    @property
+    def is_running(self) -> bool:
+        return self._stack is not None
+
+    @property
+    def media_dir(self) -> Path:
+        if self._media_dir is None:
+            raise RuntimeError("the gateway has not been started")
+        return self._media_dir
+
+    @property
+    def faults(self) -> Faults:
+        return self.config.faults
+
+    def now(self) -> float:
+        return self.config.clock()
+
+    # --- randomness -----------------------------------------------------------------------------------------
+
+    def _rng(self) -> random.Random:
+        seed = self.faults.seed
+        if not self._seeded or seed != self._seed:
+            # Reseeded whenever the seed changes, so setting a seed at runtime restarts a reproducible stream.
+            self._random.seed(seed)
+            self._seeded, self._seed = True, seed
+        return self._random
+
+    def roll(self, rate: float) -> bool:
+        """True with probability ``rate``. Certain outcomes (0 and 1) draw nothing, keeping seeded streams stable."""
+        if rate <= 0.0:
+            return False
+        if rate >= 1.0:
+            return True
+        return self._rng().random() < rate
+
+    def pick(self, n: int) -> int:
+        """A seeded choice among ``n`` variants of a fault."""
+        return self._rng().randrange(n)
+
+    def _timing(self, seconds: int, image: bool) -> tuple[float, float]:
+        """(queue, render) durations on the gateway clock: section 5's model, scaled and jittered."""
+        lo, hi = limits.TIMING_QUEUE_S
+        estimate = limits.estimated_render_seconds(seconds, image=image)
+        jitter = self.config.jitter
+        if jitter > 0:
+            rng = self._rng()
+            queue = rng.uniform(lo, hi)
+            render = estimate * (1.0 + rng.uniform(-jitter, jitter))
+        else:  # exact timing for tests: the middle of the queueing range
+            queue, render = (lo + hi) / 2, estimate
+        scale = self.config.time_scale
+        return queue / scale, render / scale
+
+    # --- keys and balances ----------------------------------------------------------------------------------
+
+    def authorized(self, key: str | None) -> bool:
+        if not key:
+            return False
+        return self.config.keys is None or key in self.config.keys
+
+    def _initial_balance(self, key: str) -> float:
+        if self.config.keys is not None and key in self.config.keys:
+            return self.config.keys[key]
+        return self.config.default_balance_s
+
+    def balance(self, key: str) -> float:
+        """Seconds of video the key can still pay for, after refunds of every job that has ended by now."""
+        self.settle_all()
+        return self._balances.get(key, self._initial_balance(key))
+
+    def _charge(self, key: str, seconds: float) -> None:
+        balance = self._balances.get(key, self._initial_balance(key))
+        if balance < seconds:
+            raise InsufficientBalance(f"balance {balance:g} s is below the clip's {seconds:g} s")
+        self._balances[key] = balance - seconds
+
+    def _refund(self, job: Job) -> None:
+        if job.charged_s and not job.refunded_s:
+            self._balances[job.key] = self._balances.get(job.key, self._initial_balance(job.key)) + job.charged_s
+            job.refunded_s = job.charged_s
+
+    # --- submit ---------------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        key: str,
+        endpoint: Endpoint,
+        raw_body: bytes,
+        base_url: str,
+        webhook_url: str | None = None,
+    ) -> Job:
+        """Validates, fetches the image, charges and creates the job. Raises ``BadRequest``/``InsufficientBalance``."""
+        if self._tg is None or self._http is None:
+            raise RuntimeError("SandboxGateway is not running: enter it with `async with gateway:` first")
+        body, request = parse_submit(raw_body, endpoint)
+        if webhook_url is not None:
+            parts = urlsplit(webhook_url)
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise BadRequest(
+                    "Invalid X-Webhook-URL",
+                    f"X-Webhook-URL must be an http(s) URL; got {webhook_url[:200]!r}.",
+                )
+        image: bytes | None = None
+        if request.image_url is not None:
+            try:
+                image = await load_image(request.image_url, self._http, limit_s=self.config.image_fetch_timeout_s)
+                await anyio.to_thread.run_sync(check_image_bytes, image)
+            except InvalidInputError as exc:
+                raise BadRequest.from_invalid(exc) from None
+        self._charge(key, request.seconds)
+
+        outcome, error, hold = self._plan(key, endpoint, body, request)
+        now = self.now()
+        queue_s, render_s = self._timing(request.seconds, image is not None)
+        job = Job(
+            request_id=ids.request_id(_API_IDS[endpoint]),
+            endpoint=endpoint,
+            key=key,
+            body=body,
+            request=request,
+            size=self.config.size_for(request.aspect_ratio),
+            image=image,
+            outcome=outcome,
+            error=error,
+            hold=hold,
+            submitted_at=now,
+            queued_until=now + queue_s,
+            done_at=now + queue_s + render_s,
+            created_at=datetime.now(UTC),
+            base_url=base_url.rstrip("/"),
+            webhook_url=webhook_url,
+            charged_s=float(request.seconds),
+        )
+        self.jobs[job.request_id] = job
+        self._pending.add(job)
+        self.submit_count += 1
+        if outcome == "COMPLETED" or hold:
+            self._start_render(job)
+        log.info("job %s created: %s s, outcome %s%s", job.request_id, job.seconds, outcome, " (held)" if hold else "")
+        return job
+
+    def _plan(
+        self, key: str, endpoint: Endpoint, body: Mapping[str, Any], request: ParsedRequest
+    ) -> tuple[Outcome, str | None, bool]:
+        text = "\n".join(request.prompts)
+        hold = TRIGGER_HOLD in text
+        if TRIGGER_FAIL in text:
+            return "FAILED", MODERATION_ERROR, hold
+        if TRIGGER_ERROR_ONCE in text:
+            fingerprint = json.dumps([key, endpoint, body], sort_keys=True, ensure_ascii=False)
+            if fingerprint not in self._error_once_seen:
+                self._error_once_seen.add(fingerprint)
+                return "ERROR", SYSTEM_ERROR, hold
+            return "COMPLETED", None, hold
+        if TRIGGER_ERROR in text:
+            return "ERROR", SYSTEM_ERROR, hold
+        if self.roll(self.faults.rate_failed):
+            return "FAILED", GENERATION_ERROR, hold
+        if self.roll(self.faults.rate_error):
+            return "ERROR", SYSTEM_ERROR, hold
+        return "COMPLETED", None, hold
+
+    # --- lookups and admin ----------------------------------------------------------------------------------
+
+    def lookup(self, key: str, request_id: str) -> Job | None:
+        """The job if it exists and ``key`` submitted it: other keys get the same answer as an unknown id."""
+        job = self.jobs.get(request_id)
+        return job if job is not None and job.key == key else None
+
+    def _job(self, request_id: str) -> Job:
+        try:
+            return self.jobs[request_id]
+        except KeyError:
+            raise KeyError(f"no job {request_id!r}") from None
+
+    def finish(self, request_id: str, outcome: Outcome = "COMPLETED") -> Job:
+        """Ends the job now with ``outcome``. COMPLETED still waits for the render to exist."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        job = self._job(request_id)
+        self._settle(job)
+        if job.terminal is not None:
+            raise ValueError(f"job {request_id} already ended {job.terminal}")
+        now = self.now()
+        job.hold = False
+        job.queued_until = min(job.queued_until, now)
+        job.done_at = min(job.done_at, now)
+        if not (outcome == "COMPLETED" and job.render_error is not None):  # a failed render can only end ERROR
+            job.outcome = outcome
+            job.error = {"COMPLETED": None, "FAILED": MODERATION_ERROR, "ERROR": SYSTEM_ERROR}[outcome]
+        if job.outcome == "COMPLETED":
+            self._start_render(job)
+        self._settle(job)
+        self._poke()
+        return job
+
+    def status_body(self, job: Job, *, base_url: str | None = None) -> dict[str, Any]:
+        """The JSON the status route answers for ``job`` now (and the webhook payload once it has ended)."""
+        self._settle(job)
+        phase = job.phase(self.now())
+        body: dict[str, Any] = {
+            "request_id": job.request_id,
+            "status": _STYLED[self.faults.status_style][phase],
+        }
+        if phase == "COMPLETED":
+            url = f"{(base_url or job.base_url).rstrip('/')}/media/{job.request_id}.mp4"
+            body["output"] = {
+                "media_url": url if self.faults.media_url_as_string else [url],
+                "media_type": "video/mp4",
+            }
+        elif phase in ("FAILED", "ERROR"):
+            body["error"] = job.error
+        body["created_at"] = _iso(job.created_at)
+        if job.completed_at is not None:
+            body["completed_at"] = _iso(job.completed_at)
+        return body
+
+    def styled(self, phase: Phase) -> str:
+        return _STYLED[self.faults.status_style][phase]
+
+    def stats(self) -> dict[str, Any]:
+        self.settle_all()
+        now = self.now()
+        by_status = dict.fromkeys(PHASES, 0)
+        for job in self.jobs.values():
+            by_status[job.phase(now)] += 1
+        keys = set(self._balances) | set(self.config.keys or {})
+        configured = self.config.keys or {}
+        return {
+            "submits": self.submit_count,
+            "submit_requests": self.submit_requests,
+            "status_polls": {rid: j.status_polls for rid, j in self.jobs.items()},
+            "status_requests": {rid: j.status_requests for rid, j in self.jobs.items()},
+            # Unconfigured keys may be real ones sent here by mistake: never echo them whole.
+            "balances": {(k if k in configured else _mask(k)): self.balance(k) for k in sorted(keys)},
+            "jobs_by_status": by_status,
+            "faults": self.faults.as_dict(),
+            "time_scale": self.config.time_scale,
+        }
+
+    def job_summary(self, job: Job) -> dict[str, Any]:
+        self._settle(job)
+        return {
+            "request_id": job.request_id,
+            "endpoint": job.endpoint,
+            "status": job.phase(self.now()),
+            "outcome": job.outcome,
+            "hold": job.hold,
+            "seconds": job.seconds,
+            "charged_s": job.charged_s,
+            "refunded_s": job.refunded_s,
+            "status_polls": job.status_polls,
+            "status_requests": job.status_requests,
+            "media_requests": job.media_requests,
+            "rendered": job.rendered.is_set(),
+            "webhook_deliveries": [
+                {"attempt": d.attempt, "status_code": d.status_code, "error": d.error} for d in job.webhook_deliveries
+            ],
+        }
+
+    # --- waiting (for tests and callers that hold the gateway) ------------------------------------------------
+
+    async def wait_rendered(self, request_id: str) -> Job:
+        job = self._job(request_id)
+        await job.rendered.wait()
+        return job
+
+    async def wait_settled(self, request_id: str) -> Job:
+        """Returns once the job has ended by the gateway clock (advance an injected clock to get there)."""
+        job = self._job(request_id)
+        while not self._settle(job):
+            with anyio.move_on_after(_TICK_S):
+                await job.settled.wait()
+        return job
+
+    async def wait_webhooks(self, request_id: str) -> Job:
+        """Returns once the job's webhook delivery (with retries) is over; only for jobs with X-Webhook-URL."""
+        job = await self.wait_settled(request_id)
+        await job.webhooks_done.wait()
+        return job
+
+    # --- settlement -----------------------------------------------------------------------------------------
+
+    def settle_all(self) -> None:
+        for job in list(self._pending):
+            self._settle(job)
+
+    def _settle(self, job: Job) -> bool:
+        """Records the end of a job once the clock says it has ended; idempotent. True when it has ended."""
+        if job.terminal is not None:
+            return True
+        phase = job.phase(self.now())
+        if phase not in OUTCOMES:
+            return False
+        end = max(job.done_at, job.rendered_at if phase == "COMPLETED" and job.rendered_at is not None else 0.0)
+        job.terminal = phase
+        if not job.render_started:
+            job.image = None  # no render will ever need it now
+        job.completed_at = job.created_at + timedelta(seconds=max(0.0, end - job.submitted_at))
+        self._pending.discard(job)
+        if phase == "ERROR" or (phase == "FAILED" and not self.config.charge_failed):
+            self._refund(job)
+        job.settled.set()
+        if job.webhook_url is not None and self._tg is not None:
+            self._tg.start_soon(self._deliver_webhook, job)
+        else:
+            job.webhooks_done.set()
+        log.info("job %s ended %s", job.request_id, phase)
+        return True
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            with anyio.move_on_after(_TICK_S):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            self.settle_all()
+
+    # --- renders --------------------------------------------------------------------------------------------
+
+    def _start_render(self, job: Job) -> None:
+        if job.render_started:
+            return
+        if self._tg is None:
+            raise RuntimeError("SandboxGateway is not running")
+        job.render_started = True
+        self._tg.start_soon(self._render, job)
+
+    async def _render(self, job: Job) -> None:
+        path = self.media_dir / f"{job.request_id}.mp4"
+        shots = [(prompt or "(image-to-video, no prompt)", float(s)) for prompt, s in job.request.shots]
+        work = functools.partial(_render_job, path, shots, job.size, self.config.fps, job.image, self._stopping.is_set)
+        job.image = None  # up to 50 MB per job, needed by nothing after this render
+        try:
+            await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        except RenderCancelled:
+            return  # the gateway is shutting down
+        except Exception as exc:  # a broken render is the gateway's fault: the job ends ERROR, not charged
+            log.exception("render of %s failed", job.request_id)
+            job.render_error = f"{type(exc).__name__}: {exc}"
+            if job.terminal is None:
+                job.outcome, job.error = "ERROR", RENDER_ERROR
+        else:
+            job.media_path = path
+        job.rendered_at = self.now()
+        job.rendered.set()
+        self._settle(job)
+        self._poke()
+
+    # --- webhooks -------------------------------------------------------------------------------------------
+
+    async def _deliver_webhook(self, job: Job) -> None:
+        assert job.webhook_url is not None
+        assert self._http is not None
+        payload = json.dumps(self.status_body(job)).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "kling-mcp-sandbox-gateway"}
+        attempts = self.config.webhook_attempts
+        try:
+            for attempt in range(1, attempts + 1):
+                status: int | None = None
+                error: str | None = None
+                try:
+                    response = await self._http.post(
+                        job.webhook_url, content=payload, headers=headers, timeout=self.config.webhook_timeout_s
+                    )
+                    status = response.status_code
+                except httpx2.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                delivery = WebhookDelivery(attempt, job.webhook_url, status, error, self.now())
+                job.webhook_deliveries.append(delivery)
+                if delivery.ok:
+                    return
+                log.info("webhook for %s attempt %d failed: %s", job.request_id, attempt, error or status)
+                if attempt < attempts:
+                    await anyio.sleep(self.config.webhook_backoff_s * 2 ** (attempt - 1))
+        finally:
+            job.webhooks_done.set()
+
+
+def _render_job(
+    path: Path,
+    shots: list[tuple[str, float]],
+    size: tuple[int, int],
+    fps: int,
+    image: bytes | None,
+    should_stop: Callable[[], bool],
+) -> int:
+    from PIL import Image
+
+    from kling_mcp.sandbox.render import render_placeholder
+
+    if image is None:
+        return render_placeholder(path, shots, size=size, fps=fps, should_stop=should_stop)
+    with Image.open(io.BytesIO(image)) as first:
+        first.load()
+        return render_placeholder(path, shots, size=size, fps=fps, first_image=first, should_stop=should_stop)
