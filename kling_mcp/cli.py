@@ -58,10 +58,6 @@ def _serve(transport: str, host: str, port: int) -> int:
         sys.stderr.write(f"kling-mcp: {exc}\n")
         return 2
     log_to_stderr(settings.log_level)
-    if not settings.live:
-        sys.stderr.write(
-            "kling-mcp: SANDBOX mode (no PIXAZO_API_KEY): placeholder videos from a local gateway; nothing is charged.\n"
-        )
     server = build_server(settings)
     if transport == "http":
         server.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")

@@ -332,7 +332,7 @@ async def open_state(
                     config.fps = settings.sandbox_fps
                 served = await stack.enter_async_context(serve_sandbox(config))
                 base_url = sandbox_url = served.base_url
-                log.warning("SANDBOX mode: no PIXAZO_API_KEY; placeholder videos from %s, nothing is charged", base_url)
+            log.warning("SANDBOX mode: placeholder videos from the sandbox gateway at %s; nothing is charged", base_url)
         api_key = settings.api_key if live else (settings.api_key or SANDBOX_KEY)
         assert api_key is not None
         http = await stack.enter_async_context(
@@ -351,7 +351,8 @@ async def open_state(
             store,
             EngineConfig(
                 mode=mode,
-                poll_interval=settings.poll_interval,
+                # The sandbox runs time_scale times faster than the gateway, so its jobs are polled that much faster.
+                poll_interval=max(0.05, settings.poll_interval / time_scale),
                 output_dir=output_dir,
                 time_scale=time_scale,
                 dedupe_seconds=settings.dedupe_seconds,
