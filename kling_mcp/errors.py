@@ -17,7 +17,8 @@
     │   ├── JobNotFoundError         no job with that request id
     │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
     ├── SpendLimitError              a spend guard refused the request; .limit, .remaining, .resets_at
-    └── DownloadError                the finished video could not be saved locally
+    ├── DownloadError                the finished video could not be saved locally
+    └── BlockedURLError              a URL to fetch is not a public http(s) URL (SSRF guard); .host, .address, .reason
 
 Lower-level errors (httpx2, sqlite3, av) are translated at the boundary where they occur, so callers only ever
 handle these types.
@@ -163,3 +164,18 @@ class SpendLimitError(KlingError):
 
 class DownloadError(KlingError):
     code = "download"
+
+
+class BlockedURLError(KlingError):
+    """The SSRF guard refused a URL: wrong scheme, credentials in it, or a host that is (or resolves to) non-public.
+
+    Never retried: the same URL would be refused again. ``address`` is the offending IP when one was involved.
+    """
+
+    code = "blocked_url"
+
+    def __init__(self, message: str, *, host: str, reason: str, address: str | None = None, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+        self.reason = reason
+        self.address = address

@@ -342,6 +342,9 @@ class JobEngine:
             await anyio.sleep(self.config.poll_interval)  # another process has it; look again later
             return await self.store.get(job.job_id)
         dest = self.config.output_dir / (_SAFE_NAME.sub("_", job.id) + ".mp4")
+        # Partial files of an attempt whose process was killed: the claim makes them ours to remove.
+        for stale in self.config.output_dir.glob(f".{dest.name}.*.part"):
+            stale.unlink(missing_ok=True)
         try:
             with anyio.fail_after(lease * 0.9):
                 saved = await self.client.download(job.media_url, dest, max_bytes=self.config.download_max_bytes)

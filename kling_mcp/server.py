@@ -95,6 +95,8 @@ class JobResult(JobOut):
     reused: bool = False
     retry_free: bool | None = None
     download: str
+    sha256: str | None = None
+    size_bytes: int | None = None
 
 
 class JobList(BaseModel):
@@ -156,6 +158,8 @@ def job_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint: 
         error=job.error,
         retry_free=retry_free,
         download=_download_text(job),
+        sha256=job.sha256,
+        size_bytes=job.size_bytes,
         next=nxt,
     )
 

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     download_error TEXT,
     download_attempts INTEGER NOT NULL DEFAULT 0,
     download_lease REAL,
+    download_owner TEXT,
     local_path TEXT,
     sha256 TEXT,
     size_bytes INTEGER,
@@ -426,15 +427,22 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> Job | None:
             with self._write(conn):
-                cur = conn.execute(
-                    "UPDATE jobs SET download_state = 'downloading', download_lease = ?, updated_at = ? "
-                    "WHERE job_id = ? AND status = 'completed' AND (download_state = 'pending' "
-                    "OR (download_state = 'downloading' AND (download_lease IS NULL OR download_lease < ?)))",
-                    (now + lease_seconds, now, job_id, now),
-                )
-                if cur.rowcount == 0:
+                row = conn.execute(
+                    "SELECT status, download_state, download_lease, download_owner FROM jobs WHERE job_id = ?",
+                    (job_id,),
+                ).fetchone()
+                if row is None or row["status"] != "completed":
                     return None
-                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                return _row_to_job(row)
+                state, lease = row["download_state"], row["download_lease"]
+                # A lease is void once it expires, or at once when the process that took it is gone (SIGKILL).
+                stale = lease is None or lease < now or owner_is_dead(row["download_owner"])
+                if not (state == "pending" or (state == "downloading" and stale)):
+                    return None
+                conn.execute(
+                    "UPDATE jobs SET download_state = 'downloading', download_lease = ?, download_owner = ?, "
+                    "updated_at = ? WHERE job_id = ?",
+                    (now + lease_seconds, PROCESS_OWNER, now, job_id),
+                )
+                return _row_to_job(conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
 
         return await self._run(op)

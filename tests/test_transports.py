@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.support.procs import free_port, server_env, wait_until_serving
+
 pytestmark = pytest.mark.anyio
-
-
-def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path / "home"),
-        "KLING_MCP_MODE": "sandbox",
-        "KLING_MCP_SANDBOX_TIME_SCALE": "2000",
-        "KLING_MCP_SANDBOX_RENDER_SIZE": "320x180",
-        "KLING_MCP_SANDBOX_FPS": "8",
-        "KLING_MCP_POLL_INTERVAL": "0.05",
-        "KLING_MCP_STATE_DIR": str(tmp_path / "state"),
-        "KLING_MCP_OUTPUT_DIR": str(tmp_path / "out"),
-    }
-    env.update(extra)
-    return env
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -72,27 +54,6 @@ def test_live_mode_without_a_key_stops_at_start_with_one_clear_line(tmp_path: Pa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "PIXAZO_API_KEY" in lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_serving(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
-    """Polls until the server answers; bounded, and fails at once if the process dies."""
-    deadline = time.monotonic() + seconds
-    with httpx2.Client() as http:
-        while time.monotonic() < deadline:
-            try:
-                http.get(url, timeout=0.5)
-                return
-            except httpx2.TransportError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}") from None
-                time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {seconds}s")
 
 
 @pytest.fixture

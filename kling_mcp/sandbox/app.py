@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -120,7 +120,7 @@ def _server_error(gateway: SandboxGateway) -> Response:
     return Response(text, status_code=status, media_type=media_type)
 
 
-def _submit_route(endpoint: Endpoint) -> Any:
+def _submit_route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def submit(request: Request) -> Response:
         gateway = _gateway(request)
         gateway.submit_requests += 1

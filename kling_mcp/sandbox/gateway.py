@@ -469,6 +469,7 @@ class SandboxGateway:
         return {
             "request_id": job.request_id,
             "endpoint": job.endpoint,
+            "body": job.body,
             "status": job.phase(self.now()),
             "outcome": job.outcome,
             "hold": job.hold,

@@ -14,6 +14,7 @@ import functools
 import os
 import secrets
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,18 +44,24 @@ class RenderCancelled(Exception):
     """``should_stop`` asked the render to stop; no file was written."""
 
 
-@functools.lru_cache(maxsize=16)
+_fonts = threading.local()  # a FreeType face must not be used by two render threads at once
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
-    # BASIC layout: raqm (complex-script shaping) fails outright on some arbitrary prompt text, and a placeholder
-    # caption needs no shaping.
-    try:  # DejaVu covers accents and dashes; Pillow's built-in font is ASCII-only
-        return ImageFont.truetype("DejaVuSans.ttf", size, layout_engine=ImageFont.Layout.BASIC)
-    except OSError:
-        return ImageFont.load_default(size=size)
+    cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = _fonts.__dict__.setdefault("by_size", {})
+    if size not in cache:
+        # BASIC layout: raqm (complex-script shaping) fails outright on some arbitrary prompt text, and a
+        # placeholder caption needs no shaping.
+        try:  # DejaVu covers accents and dashes; Pillow's built-in font is ASCII-only
+            cache[size] = ImageFont.truetype("DejaVuSans.ttf", size, layout_engine=ImageFont.Layout.BASIC)
+        except OSError:
+            cache[size] = ImageFont.load_default(size=size)
+    return cache[size]
 
 
+@functools.cache
 def _limited_range_luts() -> tuple[list[int], list[int]]:
     # Pillow's YCbCr is full-range JPEG; H.264 players assume limited (TV) range unless told otherwise.
     luma = [16 + round(v * 219 / 255) for v in range(256)]
@@ -117,10 +124,10 @@ class _Planes:
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
     # Cover, not letterbox: the clip's first frame should be the picture, as upstream's is.
-    return ImageOps.fit(image.convert("RGB"), size, method=3)  # 3 = BICUBIC
+    return ImageOps.fit(image.convert("RGB"), size, method=Image.Resampling.BICUBIC)
 
 
 def _static_layer(
