@@ -65,6 +65,7 @@ class Settings:
     max_active_jobs: int = 8
     daily_seconds: int | None = None  # seconds of video per UTC day; None: unlimited
     confirm_above_seconds: int | None = None
+    allow_private_urls: bool = False  # let downloads and image checks reach private addresses (sandbox, tests)
     sandbox_time_scale: float = 20.0
     sandbox_render_size: tuple[int, int] | None = None
     sandbox_fps: int | None = None
@@ -125,6 +126,7 @@ class Settings:
             max_active_jobs=int(reader.number("KLING_MCP_MAX_ACTIVE_JOBS", 8, minimum=1)),
             daily_seconds=reader.optional_int("KLING_MCP_DAILY_SECONDS"),
             confirm_above_seconds=reader.optional_int("KLING_MCP_CONFIRM_ABOVE_SECONDS"),
+            allow_private_urls=reader.flag("KLING_MCP_ALLOW_PRIVATE_URLS", False),
             sandbox_time_scale=reader.number("KLING_MCP_SANDBOX_TIME_SCALE", 20.0, minimum=0.001),
             sandbox_render_size=_parse_size(size) if size else None,
             sandbox_fps=int(reader.number("KLING_MCP_SANDBOX_FPS", 0, minimum=0)) or None,

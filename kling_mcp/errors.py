@@ -162,6 +162,12 @@ class SpendLimitError(KlingError):
         self.resets_at = resets_at
 
 
+class MediaError(KlingError):
+    """A video or image could not be read, decoded or written."""
+
+    code = "media"
+
+
 class DownloadError(KlingError):
     code = "download"
 

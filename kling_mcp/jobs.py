@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from kling_mcp import limits
 from kling_mcp.errors import (
     AuthenticationError,
+    BlockedURLError,
     DownloadError,
     GatewayError,
     KlingError,
@@ -348,6 +349,9 @@ class JobEngine:
         try:
             with anyio.fail_after(lease * 0.9):
                 saved = await self.client.download(job.media_url, dest, max_bytes=self.config.download_max_bytes)
+        except BlockedURLError as exc:
+            # The same URL would be refused again: report it now rather than retry.
+            return await self._set(claimed, download_state="failed", download_error=str(exc))
         except (DownloadError, TimeoutError) as exc:
             attempts = claimed.download_attempts + 1
             message = exc.message if isinstance(exc, DownloadError) else "the download timed out"

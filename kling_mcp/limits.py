@@ -78,10 +78,12 @@ SHOTS_DESCRIPTION: Final = (
 )
 SHOT_DURATION_DESCRIPTION: Final = f"Shot length in seconds, {SHOT_DURATION_MIN_S}-{SHOT_DURATION_MAX_S}."
 IMAGE_DESCRIPTION: Final = (
-    f"First frame: an http(s) URL of a {' or '.join(IMAGE_FORMATS)} image, "
-    f"at most {IMAGE_MAX_BYTES // (1024 * 1024)} MB, each side at least {IMAGE_MIN_SIDE_PX} px, "
-    f"aspect between 1:{IMAGE_MAX_ASPECT:g} and {IMAGE_MAX_ASPECT:g}:1."
+    f"First frame: https URL, local file path, data: URI or kling://jobs/ID/last-frame. {'/'.join(IMAGE_FORMATS)}, "
+    f"<= {IMAGE_MAX_BYTES // (1024 * 1024)} MB, sides >= {IMAGE_MIN_SIDE_PX} px, "
+    f"aspect 1:{IMAGE_MAX_ASPECT:g} to {IMAGE_MAX_ASPECT:g}:1."
 )
+# A data: URI of the largest image allowed, base64 being 4 characters per 3 bytes.
+IMAGE_REF_MAX_CHARS: Final = IMAGE_MAX_BYTES * 4 // 3 + 100
 
 # --- annotated types: schemas and validation come from these ----------------------------------------------
 

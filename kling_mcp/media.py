@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
-from kling_mcp.errors import InvalidInputError, KlingError
+from kling_mcp.errors import InvalidInputError, KlingError, MediaError
 
 if TYPE_CHECKING:
     from av.audio.fifo import AudioFifo
@@ -68,12 +68,6 @@ _JPEG_QUALITIES = (90, 80, 70, 60, 50, 40)
 _MIN_SIDE = 16
 _REENCODE_OPTIONS = {"preset": "veryfast", "crf": "23"}
 _AAC_FRAME = 1024
-
-
-class MediaError(KlingError):
-    """A video or image could not be read, decoded or written."""
-
-    code = "media"
 
 
 @dataclass(frozen=True)

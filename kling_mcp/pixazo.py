@@ -183,8 +183,11 @@ class PixazoClient:
         paths: GatewayPaths | None = None,
         retry: RetryPolicy | None = None,
         sleep: Sleep = anyio.sleep,
+        media_http: httpx2.AsyncClient | None = None,
     ) -> None:
         self._http = http
+        # Media URLs come from the gateway's answers, so they are fetched through a client that can refuse them.
+        self._media_http = media_http or http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._paths = paths or GatewayPaths()
@@ -283,7 +286,7 @@ class PixazoClient:
         digest = hashlib.sha256()
         size = 0
         try:
-            async with self._http.stream("GET", url, headers={"Cache-Control": "no-cache"}) as response:
+            async with self._media_http.stream("GET", url, headers={"Cache-Control": "no-cache"}) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     _json_or_raise(response, request_id=None)

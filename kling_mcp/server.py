@@ -6,22 +6,24 @@ only module (with ``cli`` and ``demo``) that imports ``mcp``.
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 import httpx2
 from mcp.server import NotificationOptions, ServerRequestContext
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
 from mcp.types import (
@@ -30,6 +32,7 @@ from mcp.types import (
     CompleteResult,
     Completion,
     EmptyResult,
+    ImageContent,
     ResourceLink,
     SetLevelRequestParams,
     SubscribeRequestParams,
@@ -42,8 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kling_mcp import __version__, limits
 from kling_mcp.config import SANDBOX_KEY, Settings
 from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
+from kling_mcp.images import resolve_image
 from kling_mcp.jobs import EngineConfig, JobEngine, Submitted, expected_seconds
+from kling_mcp.netguard import guarded_client
 from kling_mcp.pixazo import GenerationRequest, PixazoClient
+from kling_mcp.previews import MediaWorker, concat_jobs, local_video
 from kling_mcp.store import Guards, Job, Store
 
 log = logging.getLogger("kling_mcp")
@@ -97,6 +103,18 @@ class JobResult(JobOut):
     download: str
     sha256: str | None = None
     size_bytes: int | None = None
+    parent: str | None = None  # the job this one continues (extend_video)
+
+
+class FilmOut(BaseModel):
+    path: str
+    uri: str
+    duration_s: float
+    size_bytes: int
+    width: int
+    height: int
+    method: Literal["copy", "reencode"]
+    request_ids: list[str]
 
 
 class JobList(BaseModel):
@@ -160,6 +178,7 @@ def job_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint: 
         download=_download_text(job),
         sha256=job.sha256,
         size_bytes=job.size_bytes,
+        parent=job.parent_id,
         next=nxt,
     )
 
@@ -210,8 +229,8 @@ def _summary(result: JobResult, job: Job) -> str:
     return "\n".join(lines)
 
 
-def tool_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint: float = 45.0) -> CallToolResult:
-    result = job_result(job, engine=engine, reused=reused, wait_hint=wait_hint)
+async def tool_result(job: Job, *, state: AppState, reused: bool = False, wait_hint: float = 45.0) -> CallToolResult:
+    result = job_result(job, engine=state.engine, reused=reused, wait_hint=wait_hint)
     content: list[Any] = [
         TextContent(type="text", text=_summary(result, job)),
         ResourceLink(
@@ -232,17 +251,33 @@ def tool_result(job: Job, *, engine: JobEngine, reused: bool = False, wait_hint:
         content.append(
             ResourceLink(
                 type="resource_link",
-                uri=Path(result.local_path).resolve().as_uri(),
+                uri=Path(result.local_path).absolute().as_uri(),
                 name=Path(result.local_path).name,
                 mime_type="video/mp4",
                 size=job.size_bytes,
             )
         )
+        content.extend(await _preview_blocks(job, state))
     return CallToolResult(
         content=content,
         structured_content=result.model_dump(mode="json"),
         is_error=result.status in ("failed", "error"),
     )
+
+
+async def _preview_blocks(job: Job, state: AppState) -> list[Any]:
+    """A small image of the video, so a vision model or a person sees what was made; never fails the call."""
+    try:
+        path = await state.media.preview(job)
+        data = await anyio.Path(path).read_bytes()
+    except KlingError as exc:
+        log.warning("no preview for %s: %s", job.id, exc)
+        return []
+    uri = JOB_URI_PREFIX + job.id + ("/contact-sheet.jpg" if path.name.endswith(".sheet.jpg") else "/poster.jpg")
+    return [
+        ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/jpeg"),
+        ResourceLink(type="resource_link", uri=uri, name=path.name, mime_type="image/jpeg", size=len(data)),
+    ]
 
 
 # --- notifications across both protocol eras ------------------------------------------------------------------
@@ -291,7 +326,12 @@ class AppState:
     store: Store
     notifier: Notifier
     mode: Literal["live", "sandbox"]
+    media: MediaWorker
+    http: httpx2.AsyncClient
     sandbox_url: str | None = None
+
+    async def video_for_job(self, any_id: str) -> Path:
+        return local_video(await self.engine.get(any_id))
 
 
 def instructions_for(settings: Settings) -> str:
@@ -346,7 +386,16 @@ async def open_state(
                 transport=transport,
             )
         )
-        client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths)
+        # The gateway client is trusted configuration (and carries the key); URLs from answers and from users go
+        # through the SSRF guard, which lets private addresses through only in sandbox mode or when told to.
+        media_http = await stack.enter_async_context(
+            guarded_client(
+                allow_private=not live or settings.allow_private_urls,
+                timeout=settings.request_timeout,
+                transport=transport,
+            )
+        )
+        client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths, media_http=media_http)
         store = Store(settings.resolved_state_dir / "ledger.sqlite3")
         stack.callback(store.close)
         output_dir = settings.resolved_output_dir if settings.download else None
@@ -374,7 +423,8 @@ async def open_state(
 
         engine.add_listener(on_change)
         await stack.enter_async_context(engine.running())
-        yield AppState(settings, engine, store, notifier, mode, sandbox_url)
+        media = MediaWorker(settings.resolved_state_dir / "previews")
+        yield AppState(settings, engine, store, notifier, mode, media, media_http, sandbox_url)
 
 
 # --- the server -----------------------------------------------------------------------------------------------
@@ -485,6 +535,8 @@ def _compact_tool_schemas(server: KlingServer) -> None:
             output.update(compacted)
 
 
+MAX_CONCAT = 50
+LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 GENERATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 
@@ -566,20 +618,23 @@ async def _wait_with_progress(ctx: Context[AppState], job: Job, wait: float) -> 
 
 async def _run_generation(
     ctx: Context[AppState],
-    request_factory: Callable[[], GenerationRequest],
+    request_factory: Callable[[AppState], Awaitable[GenerationRequest]],
     *,
     wait_seconds: float | None,
     idempotency_key: str | None,
     force_new: bool,
     confirmed: Confirmed,
+    parent: Job | None = None,
 ) -> CallToolResult:
     state = _state(ctx)
     if _declined(confirmed):
         raise ToolError("Not submitted: the user declined the spend confirmation. Nothing was charged.")
     wait = state.settings.max_wait if wait_seconds is None else wait_seconds
     try:
-        request = request_factory()
-        submitted: Submitted = await state.engine.submit(request, idempotency_key=idempotency_key, force_new=force_new)
+        request = await request_factory(state)
+        submitted: Submitted = await state.engine.submit(
+            request, idempotency_key=idempotency_key, force_new=force_new, parent_id=parent.id if parent else None
+        )
     except ValidationError as exc:
         raise ToolError(_validation_text(exc)) from None
     except KlingError as exc:
@@ -587,7 +642,29 @@ async def _run_generation(
     job = submitted.job
     if wait > 0 and not job.settled:
         job = await _wait_with_progress(ctx, job, wait)
-    return tool_result(job, engine=state.engine, reused=submitted.reused, wait_hint=state.settings.max_wait)
+    if job.status == "error" and request.image_url and request.image_url.startswith("data:"):
+        job = job.model_copy(
+            update={
+                "error": f"{job.error} The live gateway may not accept inline (data:) images: pass a public https "
+                "URL of the image instead."
+            }
+        )
+    return await tool_result(job, state=state, reused=submitted.reused, wait_hint=state.settings.max_wait)
+
+
+def _deferred(factory: Callable[[], GenerationRequest]) -> Callable[[AppState], Awaitable[GenerationRequest]]:
+    """Builds the request inside _run_generation, where a broken limit becomes an explained error."""
+
+    async def build(_: AppState) -> GenerationRequest:
+        return factory()
+
+    return build
+
+
+async def _image(state: AppState, ref: str) -> str:
+    """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client."""
+    resolved = await resolve_image(ref, http=state.http, video_for_job=state.video_for_job, limiter=state.media.limiter)
+    return resolved.url
 
 
 def _validation_text(exc: ValidationError) -> str:
@@ -623,8 +700,10 @@ def _register_tools(server: KlingServer) -> None:
         normal: follow `next`). Returns media_url, local_path and the job resource."""
         return await _run_generation(
             ctx,
-            lambda: GenerationRequest(
-                endpoint="text_to_video", prompt=prompt, duration=duration, aspect_ratio=aspect_ratio
+            _deferred(
+                lambda: GenerationRequest(
+                    endpoint="text_to_video", prompt=prompt, duration=duration, aspect_ratio=aspect_ratio
+                )
             ),
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
@@ -634,7 +713,9 @@ def _register_tools(server: KlingServer) -> None:
 
     @server.tool(title="Animate an image", annotations=GENERATE)
     async def animate_image(
-        image_url: Annotated[str, Field(min_length=1, max_length=4096, description=limits.IMAGE_DESCRIPTION)],
+        image_url: Annotated[
+            str, Field(min_length=1, max_length=limits.IMAGE_REF_MAX_CHARS, description=limits.IMAGE_DESCRIPTION)
+        ],
         ctx: Context[AppState],
         prompt: Annotated[
             str | None, Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description=limits.PROMPT_DESCRIPTION)
@@ -647,15 +728,16 @@ def _register_tools(server: KlingServer) -> None:
         confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobOut]:
         """Image to video: the image is the first frame, the prompt says what happens next."""
+
+        async def build(state: AppState) -> GenerationRequest:
+            image = await _image(state, image_url)
+            return GenerationRequest(
+                endpoint="image_to_video", prompt=prompt, image_url=image, duration=duration, aspect_ratio=aspect_ratio
+            )
+
         return await _run_generation(
             ctx,
-            lambda: GenerationRequest(
-                endpoint="image_to_video",
-                prompt=prompt,
-                image_url=limits.check_image_url(image_url),
-                duration=duration,
-                aspect_ratio=aspect_ratio,
-            ),
+            build,
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
             force_new=force_new,
@@ -677,18 +759,102 @@ def _register_tools(server: KlingServer) -> None:
         confirmed: Annotated[Confirmed, Resolve(_confirm_shots)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobOut]:
         """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
-        return await _run_generation(
-            ctx,
-            lambda: GenerationRequest(
+
+        async def build(state: AppState) -> GenerationRequest:
+            return GenerationRequest(
                 endpoint="image_to_video" if image_url else "text_to_video",
                 shots=tuple(shots),
-                image_url=limits.check_image_url(image_url) if image_url else None,
+                image_url=await _image(state, image_url) if image_url else None,
                 aspect_ratio=aspect_ratio,
-            ),
+            )
+
+        return await _run_generation(
+            ctx,
+            build,
             wait_seconds=wait_seconds,
             idempotency_key=idempotency_key,
             force_new=force_new,
             confirmed=confirmed,
+        )
+
+    @server.tool(title="Extend a video", annotations=GENERATE)
+    async def extend_video(
+        request_id: Annotated[str, Field(min_length=1, max_length=200, description="The finished job to continue.")],
+        prompt: limits.Prompt,
+        ctx: Context[AppState],
+        duration: limits.Duration = limits.DURATION_DEFAULT_S,
+        wait_seconds: WaitSeconds = None,
+        idempotency_key: IdempotencyKey = None,
+        force_new: ForceNew = False,
+        confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
+    ) -> Annotated[CallToolResult, JobOut]:
+        """Next clip from the last frame of a finished job, so the motion continues; same aspect ratio."""
+        state = _state(ctx)
+        try:
+            parent = await state.engine.get(request_id.strip())
+            local_video(parent)
+        except KlingError as exc:
+            raise ToolError(_error_text(exc)) from None
+
+        async def build(state: AppState) -> GenerationRequest:
+            image = await _image(state, f"{JOB_URI_PREFIX}{parent.id}/last-frame")
+            return GenerationRequest(
+                endpoint="image_to_video",
+                prompt=prompt,
+                image_url=image,
+                duration=duration,
+                aspect_ratio=parent.request.aspect_ratio,
+            )
+
+        return await _run_generation(
+            ctx,
+            build,
+            wait_seconds=wait_seconds,
+            idempotency_key=idempotency_key,
+            force_new=force_new,
+            confirmed=confirmed,
+            parent=parent,
+        )
+
+    @server.tool(title="Join videos into one", annotations=LOCAL_WRITE)
+    async def concat_videos(
+        request_ids: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=200)]],
+            Field(min_length=2, max_length=MAX_CONCAT, description="Finished jobs, in play order."),
+        ],
+        ctx: Context[AppState],
+        title: Annotated[str | None, Field(max_length=100, description="File name for the result.")] = None,
+    ) -> Annotated[CallToolResult, FilmOut]:
+        """Joins finished clips in order into one MP4 in the output folder (copied when they match, else
+        re-encoded letterboxed to the first clip's shape). No gateway request, no charge."""
+        state = _state(ctx)
+        try:
+            jobs = [await state.engine.get(rid.strip()) for rid in request_ids]
+            film = await concat_jobs(state.media, jobs, state.settings.resolved_output_dir, title)
+        except KlingError as exc:
+            raise ToolError(_error_text(exc)) from None
+        out = FilmOut(
+            path=str(film.path),
+            uri=film.path.absolute().as_uri(),
+            duration_s=round(film.duration_s, 3),
+            size_bytes=film.size_bytes,
+            width=film.width,
+            height=film.height,
+            method=film.method,
+            request_ids=list(film.request_ids),
+        )
+        how = "stream copy" if film.method == "copy" else "re-encoded, letterboxed to the first clip"
+        text = (
+            f"Joined {len(jobs)} clips ({how}): {out.duration_s:.1f} s, {out.width}x{out.height}.\nSaved to: {out.path}"
+        )
+        return CallToolResult(
+            content=[
+                TextContent(type="text", text=text),
+                ResourceLink(
+                    type="resource_link", uri=out.uri, name=film.path.name, mime_type="video/mp4", size=out.size_bytes
+                ),
+            ],
+            structured_content=out.model_dump(mode="json"),
         )
 
     @server.tool(title="Check a video job", annotations=READ_ONLY)
@@ -707,7 +873,7 @@ def _register_tools(server: KlingServer) -> None:
             raise ToolError(_error_text(exc)) from None
         if wait_seconds > 0 and not job.settled:
             job = await _wait_with_progress(ctx, job, wait_seconds)
-        return tool_result(job, engine=state.engine, wait_hint=state.settings.max_wait)
+        return await tool_result(job, state=state, wait_hint=state.settings.max_wait)
 
     @server.tool(title="List video jobs", annotations=READ_ONLY)
     async def list_jobs(
@@ -734,8 +900,68 @@ def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
     )
     async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
         state = _state(ctx)
-        job = await state.engine.get(request_id)
-        return job_result(job, engine=state.engine).model_dump_json(indent=2)
+        job = await _resource_job(state, request_id)
+        data = job_result(job, engine=state.engine).model_dump(mode="json")
+        data["chain"] = await _chain(state, job)
+        return json.dumps(data, indent=2)
+
+    @server.resource(
+        JOB_URI_PREFIX + "{request_id}/poster.jpg",
+        name="poster",
+        title="Poster frame",
+        description="A JPEG frame of a finished job (at most 200 KB).",
+        mime_type="image/jpeg",
+    )
+    async def poster_resource(request_id: str, ctx: Context[AppState]) -> bytes:
+        state = _state(ctx)
+        job = await _resource_job(state, request_id)
+        return await _resource_bytes(state.media.poster(job))
+
+    @server.resource(
+        JOB_URI_PREFIX + "{request_id}/contact-sheet.jpg",
+        name="contact-sheet",
+        title="Contact sheet",
+        description="One frame per shot of a finished storyboard, as one JPEG.",
+        mime_type="image/jpeg",
+    )
+    async def sheet_resource(request_id: str, ctx: Context[AppState]) -> bytes:
+        state = _state(ctx)
+        job = await _resource_job(state, request_id)
+        return await _resource_bytes(state.media.preview(job))
+
+    @server.resource(
+        JOB_URI_PREFIX + "{request_id}/last-frame.png",
+        name="last-frame",
+        title="Last frame",
+        description="The last frame of a finished job, lossless PNG (what extend_video starts from).",
+        mime_type="image/png",
+    )
+    async def last_frame_resource(request_id: str, ctx: Context[AppState]) -> bytes:
+        state = _state(ctx)
+        job = await _resource_job(state, request_id)
+        return await _resource_bytes(state.media.last_frame(job))
+
+    @server.resource(
+        JOB_URI_PREFIX + "{request_id}/video",
+        name="video",
+        title="Video file",
+        description=f"The finished MP4 as a blob, up to {VIDEO_BLOB_MAX_BYTES // 1024**2} MB.",
+        mime_type="video/mp4",
+    )
+    async def video_resource(request_id: str, ctx: Context[AppState]) -> bytes:
+        state = _state(ctx)
+        job = await _resource_job(state, request_id)
+        try:
+            path = local_video(job)
+        except KlingError as exc:
+            raise ResourceError(str(exc)) from None
+        size = (await anyio.Path(path).stat()).st_size
+        if size > VIDEO_BLOB_MAX_BYTES:
+            raise ResourceError(
+                f"The video is {size / 1024**2:.1f} MB, above the {VIDEO_BLOB_MAX_BYTES // 1024**2} MB blob limit. "
+                f"Open it at {path} or {job.media_url}."
+            )
+        return await anyio.Path(path).read_bytes()
 
     @server.resource(
         JOBS_URI,
@@ -748,6 +974,36 @@ def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
         state = state_ref.get()
         jobs = await state.store.recent(limit=50)
         return json.dumps([job_result(j, engine=state.engine).model_dump(mode="json") for j in jobs], indent=2)
+
+
+VIDEO_BLOB_MAX_BYTES = 20 * 1024**2
+
+
+async def _resource_job(state: AppState, request_id: str) -> Job:
+    try:
+        return await state.engine.get(request_id)
+    except KlingError as exc:
+        raise ResourceNotFoundError(str(exc)) from None
+
+
+async def _resource_bytes(path: Awaitable[Path]) -> bytes:
+    try:
+        return await anyio.Path(await path).read_bytes()
+    except KlingError as exc:
+        raise ResourceError(str(exc)) from None
+
+
+async def _chain(state: AppState, job: Job) -> list[str]:
+    """Ids from the first clip of an extend_video chain to this one."""
+    chain = [job.id]
+    current = job
+    while current.parent_id and len(chain) < 100:
+        try:
+            current = await state.store.get(current.parent_id)
+        except KlingError:
+            break
+        chain.insert(0, current.id)
+    return chain
 
 
 def _register_protocol_handlers(server: KlingServer, state_ref: StateRef) -> None:

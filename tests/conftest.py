@@ -19,11 +19,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Any]:
-    """The sandbox gateway on a real loopback port."""
+async def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """The sandbox gateway on a real loopback port. ``@pytest.mark.render_size(w, h)`` renders bigger frames."""
     from kling_mcp.sandbox import SandboxConfig, serve_sandbox
 
-    config = SandboxConfig(time_scale=TEST_TIME_SCALE, render_size=TINY, fps=8, media_dir=tmp_path / "sandbox-media")
+    marker = request.node.get_closest_marker("render_size")
+    size = tuple(marker.args) if marker else TINY
+    config = SandboxConfig(time_scale=TEST_TIME_SCALE, render_size=size, fps=8, media_dir=tmp_path / "sandbox-media")
     async with serve_sandbox(config) as served:
         yield served
 

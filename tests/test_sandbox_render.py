@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from kling_mcp.sandbox import render_placeholder
@@ -210,6 +213,15 @@ def test_non_ascii_captions_render(tmp_path: Path) -> None:
     render_placeholder(path, [("Café – “déjà vu” 東京", 3)], size=SIZE, fps=FPS)
 
     assert info(path)["size"] == SIZE
+
+
+@settings(max_examples=25, deadline=None)
+@given(caption=st.text(max_size=200))
+def test_any_prompt_text_renders(caption: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+
+        assert render_placeholder(path, [(caption, 1)], size=(64, 36), fps=2) == 2
 
 
 def test_importing_the_sandbox_package_does_not_load_pyav_or_pillow() -> None:

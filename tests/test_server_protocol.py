@@ -25,7 +25,15 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
 async def test_tool_schemas_encode_every_limit(settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"generate_video", "animate_image", "storyboard", "check_status", "list_jobs"}
+    assert set(tools) == {
+        "generate_video",
+        "animate_image",
+        "storyboard",
+        "check_status",
+        "list_jobs",
+        "extend_video",
+        "concat_videos",
+    }
     gen = tools["generate_video"].input_schema["properties"]
     assert gen["prompt"]["minLength"] == limits.PROMPT_MIN_CHARS
     assert gen["prompt"]["maxLength"] == limits.PROMPT_MAX_CHARS
@@ -69,7 +77,13 @@ async def test_tool_schemas_match_the_checked_in_snapshot(settings: Settings) ->
 async def test_job_resources_read_back_the_job_and_the_list(settings: Settings, mode: str) -> None:
     async with Client(build_server(settings), mode=mode) as client:
         templates = await client.list_resource_templates()
-        assert [t.uri_template for t in templates.resource_templates] == ["kling://jobs/{request_id}"]
+        assert sorted(t.uri_template for t in templates.resource_templates) == [
+            "kling://jobs/{request_id}",
+            "kling://jobs/{request_id}/contact-sheet.jpg",
+            "kling://jobs/{request_id}/last-frame.png",
+            "kling://jobs/{request_id}/poster.jpg",
+            "kling://jobs/{request_id}/video",
+        ]
         result = await client.call_tool("generate_video", {"prompt": "resource me"})
         data = result.structured_content
         assert data is not None

@@ -69,8 +69,18 @@ def fake_gateway(video: Path) -> tuple[Starlette, FakeState]:
     async def media(request: Request) -> Response:
         return FileResponse(state.video, media_type="video/mp4")
 
+    async def image(request: Request) -> Response:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (640, 360), (30, 90, 160)).save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
     app = Starlette(
         routes=[
+            Route("/images/frame.png", image),
             Route("/{api_id}/v1/{api_id2}-request", submit, methods=["POST"]),
             Route("/v2/requests/status/{request_id}", status),
             Route("/cdn/{name}", media),

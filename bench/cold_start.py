@@ -1,0 +1,141 @@
+"""Cold start over stdio: process spawn to the answer of ``tools/list``, kling-mcp against a bare MCPServer.
+
+    python -m bench.cold_start [--runs 10] [--mode legacy]     # from the repository root
+
+Each run spawns a fresh process through the SDK's ``stdio_client`` (the way desktop clients launch servers),
+completes the ``initialize`` handshake and times the answer of ``tools/list``. Variants, interleaved round by round
+(the order rotates each round so none always runs first after the previous one's teardown):
+
+* floor: ``bench/floor_server.py``, a bare mcp 2.3 ``MCPServer`` with one trivial tool;
+* sandbox: ``python -m kling_mcp`` with KLING_MCP_MODE=sandbox, whose lifespan starts the built-in sandbox gateway;
+* live: ``python -m kling_mcp`` with PIXAZO_API_KEY set to a dummy value and PIXAZO_BASE_URL at a loopback port
+  nobody listens on (nothing is called by tools/list).
+
+Every run gets a fresh state and output directory. One warm-up run per variant is discarded (it fills the page
+cache and writes bytecode), so the figures are "cold process, warm disk cache", which is what a client restarting
+a server sees. Target: kling-mcp's median at most 1.2x the floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from mcp import Client, StdioServerParameters, stdio_client
+
+from bench._common import REPO, base_env, free_port, header, load
+
+TARGET_RATIO = 1.2
+
+
+@dataclass
+class Variant:
+    name: str
+    args: list[str]
+    env: Callable[[Path], dict[str, str]]
+    init_s: list[float] = field(default_factory=list)
+    list_s: list[float] = field(default_factory=list)
+    tools: int = 0
+
+
+def _floor_env(run_dir: Path) -> dict[str, str]:
+    return base_env(run_dir / "home")
+
+
+def _sandbox_env(run_dir: Path) -> dict[str, str]:
+    return base_env(
+        run_dir / "home",
+        KLING_MCP_MODE="sandbox",
+        KLING_MCP_STATE_DIR=str(run_dir / "state"),
+        KLING_MCP_OUTPUT_DIR=str(run_dir / "out"),
+    )
+
+
+def _live_env_factory(dead_port: int) -> Callable[[Path], dict[str, str]]:
+    def env(run_dir: Path) -> dict[str, str]:
+        return base_env(
+            run_dir / "home",
+            KLING_MCP_MODE="live",
+            PIXAZO_API_KEY="dummy-key-for-cold-start-bench",
+            PIXAZO_BASE_URL=f"http://127.0.0.1:{dead_port}",
+            KLING_MCP_STATE_DIR=str(run_dir / "state"),
+            KLING_MCP_OUTPUT_DIR=str(run_dir / "out"),
+        )
+
+    return env
+
+
+async def _one(variant: Variant, run_dir: Path, mode: str, errlog: Path) -> tuple[float, float, int]:
+    params = StdioServerParameters(command=sys.executable, args=variant.args, env=variant.env(run_dir), cwd=str(REPO))
+    with errlog.open("a") as err, anyio.fail_after(120):
+        start = time.perf_counter()
+        async with Client(stdio_client(params, errlog=err), mode=mode) as client:
+            initialized = time.perf_counter()
+            tools = await client.list_tools()
+            listed = time.perf_counter()
+    return initialized - start, listed - start, len(tools.tools)
+
+
+async def _run(runs: int, mode: str, variants: list[Variant], work: Path) -> None:
+    errlog = work / "stderr.log"
+    for variant in variants:  # warm-up, discarded
+        await _one(variant, work / f"warm-{variant.name}", mode, errlog)
+    for r in range(runs):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            init_s, list_s, count = await _one(variant, work / f"run{r}-{variant.name}", mode, errlog)
+            variant.init_s.append(init_s)
+            variant.list_s.append(list_s)
+            variant.tools = count
+        print(f"  round {r + 1}/{runs} done ({load()})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10, help="measured runs per variant (default: %(default)s)")
+    parser.add_argument(
+        "--mode",
+        default="legacy",
+        choices=("legacy", "auto"),
+        help="client handshake: legacy = initialize; auto = server/discover first (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+
+    header()
+    dead_port = free_port()  # bound and released: nothing listens there during the run
+    variants = [
+        Variant("floor", ["-m", "bench.floor_server"], _floor_env),
+        Variant("sandbox", ["-m", "kling_mcp"], _sandbox_env),
+        Variant("live", ["-m", "kling_mcp"], _live_env_factory(dead_port)),
+    ]
+    print(f"# {args.runs} runs per variant after 1 discarded warm-up, interleaved; client mode {args.mode}")
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+        anyio.run(_run, args.runs, args.mode, variants, Path(tmp))
+    floor = statistics.median(variants[0].list_s)
+    print(f"# {load()} at end")
+    print(
+        f"{'variant':<8} {'tools':>5} {'init med ms':>11} {'list med ms':>11} {'min ms':>7} {'max ms':>7} "
+        f"{'x floor':>7}  all runs (ms, spawn to tools/list answer)"
+    )
+    for v in variants:
+        med = statistics.median(v.list_s)
+        runs_ms = " ".join(f"{s * 1000:.0f}" for s in v.list_s)
+        print(
+            f"{v.name:<8} {v.tools:>5} {statistics.median(v.init_s) * 1000:11.0f} {med * 1000:11.0f} "
+            f"{min(v.list_s) * 1000:7.0f} {max(v.list_s) * 1000:7.0f} {med / floor:7.2f}  {runs_ms}"
+        )
+    worst = max(statistics.median(v.list_s) for v in variants[1:]) / floor
+    verdict = "meets" if worst <= TARGET_RATIO else "misses"
+    print(f"target: kling-mcp median <= {TARGET_RATIO}x floor; worst variant is {worst:.2f}x: {verdict} the target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
