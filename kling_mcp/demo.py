@@ -24,6 +24,7 @@ async def _demo() -> int:
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("KLING_MCP_", "PATH", "HOME", "XDG_", "LANG"))}
     env["KLING_MCP_MODE"] = "sandbox"
+    env.setdefault("KLING_MCP_SANDBOX_TIME_SCALE", "40")  # a minute of simulated gateway time in a few seconds
     env.pop("PIXAZO_API_KEY", None)
     params = StdioServerParameters(command=sys.executable, args=["-m", "kling_mcp"], env=env)
     started = time.monotonic()
@@ -67,6 +68,29 @@ async def _demo() -> int:
             videos.append(str(where))
             print(f"  done: {data['request_id']}")
             print(f"  video: {where}")
+            last_id = str(data["request_id"])
+
+        print("\nA chained piece: two extensions that continue the storyboard from its last frame, then one film:")
+        chain = [last_id]
+        for prompt, seconds in (("The beam reaches a passing ship", 5), ("The ship sails into the sunrise", 10)):
+            result = await client.call_tool(
+                "extend_video",
+                {"request_id": chain[-1], "prompt": prompt, "duration": seconds, "wait_seconds": 120},
+                progress_callback=show,
+            )
+            data = result.structured_content or {}
+            if result.is_error or data.get("status") != "completed":
+                print("  did not complete:", " ".join(getattr(c, "text", "") for c in result.content))
+                return 1
+            chain.append(str(data["request_id"]))
+            print(f"  extended: {data['request_id']} ({seconds} s)")
+        film = await client.call_tool("concat_videos", {"request_ids": chain, "title": "lighthouse-demo"})
+        film_data = film.structured_content or {}
+        if film.is_error:
+            print("  concat failed:", " ".join(getattr(c, "text", "") for c in film.content))
+            return 1
+        print(f"  film: {film_data['path']} ({film_data['duration_s']:.1f} s, {film_data['method']})")
+        videos.append(str(film_data["path"]))
         listing = await client.read_resource("kling://jobs")
         text = getattr(listing.contents[0], "text", "")
         print(f"\nThe ledger now lists {text.count('request_id')} job(s) (resource kling://jobs).")

@@ -150,7 +150,10 @@ def _static_layer(
             Image.linear_gradient("L").resize(size),
         )
     else:
-        bg = background.copy()
+        from PIL import ImageFilter
+
+        # After the exact opening frame, the input image stays as a softened backdrop so the new caption reads.
+        bg = background.filter(ImageFilter.GaussianBlur(radius=max(2, min(w, h) // 40)))
     draw = ImageDraw.Draw(bg)
     text = "\n".join(textwrap.wrap(caption, width=max(10, int(w / (fs * 0.55))))[:4]) or " "
     draw.multiline_text(
