@@ -35,7 +35,8 @@ async def measure(workdir: Path) -> tuple[float, list[float], str]:
             ids = []
             for aspect in ("16:9", "9:16", "16:9"):
                 result = await client.call_tool(
-                    "generate_video", {"prompt": f"clip {aspect}", "duration": 15, "aspect_ratio": aspect, "wait_seconds": 120}
+                    "generate_video",
+                    {"prompt": f"clip {aspect}", "duration": 15, "aspect_ratio": aspect, "wait_seconds": 120},
                 )
                 assert result.structured_content is not None
                 ids.append(result.structured_content["request_id"])

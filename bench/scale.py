@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-size", default="64x36")
     parser.add_argument("--fps", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds in all")
+    parser.add_argument(
+        "--server-command",
+        help="run this instead of kling-mcp (split by shlex; 'serve --transport http --port N' is appended), "
+        "e.g. to compare a patched build",
+    )
     parser.add_argument("--keep", type=Path, help="keep logs, ledger and gateway stats in this directory")
     args = parser.parse_args(argv)
 
@@ -201,8 +207,9 @@ def _main(args: argparse.Namespace, work: Path) -> int:
         KLING_MCP_STATE_DIR=str(work / "state"),
         KLING_MCP_OUTPUT_DIR=str(work / "out"),
     )
-    server_args = [venv_script("kling-mcp"), "serve", "--transport", "http", "--port", str(srv_port)]
-    print(f"# server: {env_line(env)} {' '.join(server_args[1:])}")
+    program = shlex.split(args.server_command) if args.server_command else [venv_script("kling-mcp")]
+    server_args = [*program, "serve", "--transport", "http", "--port", str(srv_port)]
+    print(f"# server: {env_line(env)} {shlex.join(server_args if args.server_command else server_args[1:])}")
     print(
         f"# gateway: python -m kling_mcp.sandbox --time-scale {args.time_scale:g} --render-size {args.render_size} "
         f"--fps {args.fps}"
@@ -378,7 +385,7 @@ def _print(args: argparse.Namespace, report: dict[str, Any], sampler: Sampler) -
     )
 
     # latency
-    loaded = report["loaded_lat"]
+    loaded = report["loaded_lat"] or [float("nan")]
     p99 = percentile(loaded, 99) * 1000
     print(f"check_status idle (1 job): {_ms(report['idle_lat'])}")
     print(

@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve HTTP on a non-loopback address without KLING_MCP_AUTH_TOKEN (anyone who reaches it can spend)",
+    )
     sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
     gateway = sub.add_parser("sandbox-gateway", help="run the sandbox gateway alone (the Pixazo HTTP contract)")
     from kling_mcp.sandbox.standalone import add_arguments
@@ -45,12 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kling_mcp.demo import run_demo
 
         return run_demo()
-    return _serve(getattr(args, "transport", "stdio"), getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8000))
+    return _serve(
+        getattr(args, "transport", "stdio"),
+        getattr(args, "host", "127.0.0.1"),
+        getattr(args, "port", 8000),
+        insecure=getattr(args, "insecure_no_auth", False),
+    )
 
 
-def _serve(transport: str, host: str, port: int) -> int:
+def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> int:
     from kling_mcp.config import Settings
-    from kling_mcp.server import build_server, log_to_stderr
+    from kling_mcp.server import LOOPBACK_HOSTS, build_server, http_security, log_to_stderr
 
     try:
         settings = Settings.from_env(os.environ)
@@ -58,9 +68,21 @@ def _serve(transport: str, host: str, port: int) -> int:
         sys.stderr.write(f"kling-mcp: {exc}\n")
         return 2
     log_to_stderr(settings.log_level)
+    if transport == "http" and host not in LOOPBACK_HOSTS and not settings.auth_tokens and not insecure:
+        sys.stderr.write(
+            f"kling-mcp: refusing to serve HTTP on {host} without KLING_MCP_AUTH_TOKEN: anyone who can reach it "
+            "could spend your credits. Set KLING_MCP_AUTH_TOKEN, or pass --insecure-no-auth.\n"
+        )
+        return 2
     server = build_server(settings)
     if transport == "http":
-        server.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")
+        server.run(
+            "streamable-http",
+            host=host,
+            port=port,
+            streamable_http_path="/mcp",
+            transport_security=http_security(settings, host),
+        )
     else:
         server.run()
     return 0

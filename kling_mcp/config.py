@@ -66,6 +66,11 @@ class Settings:
     daily_seconds: int | None = None  # seconds of video per UTC day; None: unlimited
     confirm_above_seconds: int | None = None
     allow_private_urls: bool = False  # let downloads and image checks reach private addresses (sandbox, tests)
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    public_url: str | None = None  # where the gateway can reach this server: turns webhooks on
+    webhook_poll_interval: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     sandbox_time_scale: float = 20.0
     sandbox_render_size: tuple[int, int] | None = None
     sandbox_fps: int | None = None
@@ -127,6 +132,11 @@ class Settings:
             daily_seconds=reader.optional_int("KLING_MCP_DAILY_SECONDS"),
             confirm_above_seconds=reader.optional_int("KLING_MCP_CONFIRM_ABOVE_SECONDS"),
             allow_private_urls=reader.flag("KLING_MCP_ALLOW_PRIVATE_URLS", False),
+            auth_tokens=reader.items("KLING_MCP_AUTH_TOKEN"),
+            public_url=(reader.get("KLING_MCP_PUBLIC_URL") or "").rstrip("/") or None,
+            webhook_poll_interval=reader.number("KLING_MCP_WEBHOOK_POLL_INTERVAL", 60.0, minimum=0.05),
+            allowed_hosts=reader.items("KLING_MCP_ALLOWED_HOSTS"),
+            allowed_origins=reader.items("KLING_MCP_ALLOWED_ORIGINS"),
             sandbox_time_scale=reader.number("KLING_MCP_SANDBOX_TIME_SCALE", 20.0, minimum=0.001),
             sandbox_render_size=_parse_size(size) if size else None,
             sandbox_fps=int(reader.number("KLING_MCP_SANDBOX_FPS", 0, minimum=0)) or None,
@@ -171,6 +181,10 @@ class _EnvReader:
         if not math.isfinite(value) or value < minimum:
             raise ConfigurationError(f"{name}={raw!r} must be a number of at least {minimum}.")
         return value
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list."""
+        return tuple(part.strip() for part in (self.get(name) or "").split(",") if part.strip())
 
     def optional_int(self, name: str) -> int | None:
         if self.get(name) is None:

@@ -11,11 +11,11 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,7 +29,7 @@ from kling_mcp.errors import (
     KlingError,
     NotFoundError,
 )
-from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient
+from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient, parse_status
 from kling_mcp.store import Guards, Job, Store, owner_is_dead
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,12 @@ class JobEngine:
             job = await self.store.get(job_id)
             while not job.settled:
                 if job.status in ("queued", "processing"):
-                    await anyio.sleep(self.config.poll_interval)
-                    job = await self._poll(job)
+                    # Sleep until the next poll, or until a webhook (or another waiter's news) changes the job.
+                    watch = self._watch(job_id)
+                    with anyio.move_on_after(self.config.poll_interval):
+                        await watch.event.wait()
+                    fresh = await self.store.get(job_id)
+                    job = fresh if fresh.updated_at != job.updated_at else await self._poll(fresh)
                 elif job.status == "completed":
                     job = await self._download(job)
                 else:
@@ -291,6 +295,25 @@ class JobEngine:
             log.exception("job %s stopped", job_id)
         finally:
             self._drivers.discard(job_id)
+
+    async def on_webhook(self, token: str, body: Mapping[str, Any]) -> tuple[int, str]:
+        """Applies a gateway webhook for the job its URL token names; returns (HTTP status, reason).
+
+        The token proves which job the post is for; the body must name that job's current request id, so a body
+        replayed to another job's URL changes nothing.
+        """
+        job = await self.store.by_webhook_token(token)
+        if job is None:
+            return 404, "unknown webhook"
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or request_id != job.current_request_id:
+            return 409, "request_id does not match this job"
+        if job.final:
+            return 200, "already final"
+        status = parse_status(body, request_id)
+        updated = await self._apply(job, status)
+        self._drive(updated)
+        return 200, "ok"
 
     async def _poll(self, job: Job) -> Job:
         assert job.current_request_id is not None

@@ -262,7 +262,7 @@ class PixazoClient:
 
         async def once() -> GatewayStatus:
             response = await self._http.get(url, headers=self._headers())
-            return _parse_status(_json_or_raise(response, request_id=request_id), request_id)
+            return parse_status(_json_or_raise(response, request_id=request_id), request_id)
 
         return await self._with_retries(once)
 
@@ -433,7 +433,8 @@ def _parse_submission(data: Mapping[str, Any]) -> Submission:
     )
 
 
-def _parse_status(data: Mapping[str, Any], request_id: str) -> GatewayStatus:
+def parse_status(data: Mapping[str, Any], request_id: str) -> GatewayStatus:
+    """A status object, from a poll or a webhook body, read tolerantly."""
     raw_status = str(data.get("status", ""))
     output = data.get("output")
     urls: list[str] = []

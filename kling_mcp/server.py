@@ -7,6 +7,7 @@ only module (with ``cli`` and ``demo``) that imports ``mcp``.
 from __future__ import annotations
 
 import base64
+import hmac
 import inspect
 import json
 import logging
@@ -18,14 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 from mcp.server import NotificationOptions, ServerRequestContext
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import (
     CallToolResult,
     CompleteRequestParams,
@@ -40,7 +45,9 @@ from mcp.types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from kling_mcp import __version__, limits
 from kling_mcp.config import SANDBOX_KEY, Settings
@@ -404,14 +411,18 @@ async def open_state(
             store,
             EngineConfig(
                 mode=mode,
-                # The sandbox runs time_scale times faster than the gateway, so its jobs are polled that much faster.
-                poll_interval=max(0.05, settings.poll_interval / time_scale),
+                # With webhooks, polling is only a safety net. Otherwise the sandbox, running time_scale times faster
+                # than the gateway, is polled that much more often.
+                poll_interval=settings.webhook_poll_interval
+                if settings.public_url
+                else max(0.05, settings.poll_interval / time_scale),
                 output_dir=output_dir,
                 time_scale=time_scale,
                 dedupe_seconds=settings.dedupe_seconds,
                 error_retries=settings.error_retries,
                 guards=Guards(max_active_jobs=settings.max_active_jobs, daily_seconds=settings.daily_seconds),
             ),
+            webhook_url_for=_webhook_url_for(settings.public_url),
         )
         notifier = Notifier(bus=bus)
         seen: set[str] = set()
@@ -578,6 +589,17 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
             finally:
                 state_ref.current = None
 
+    auth: dict[str, Any] = {}
+    if settings.auth_tokens:
+        base = settings.public_url or "http://127.0.0.1"
+        auth = {
+            "token_verifier": StaticTokenVerifier(settings.auth_tokens),
+            "auth": AuthSettings(
+                issuer_url=AnyHttpUrl(base),
+                resource_server_url=AnyHttpUrl(base + "/mcp"),
+                validate_token_resource=False,
+            ),
+        }
     server = KlingServer(
         "kling-mcp",
         title="Kling Video (Pixazo)",
@@ -586,7 +608,9 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         log_level=settings.log_level,  # type: ignore[arg-type]
         lifespan=lifespan,
         subscriptions=bus,
+        **auth,
     )
+    _register_routes(server, state_ref)
     _register_tools(server)
     _compact_tool_schemas(server)
     _register_resources(server, state_ref)
@@ -977,6 +1001,83 @@ def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
 
 
 VIDEO_BLOB_MAX_BYTES = 20 * 1024**2
+WEBHOOK_PATH = "/webhooks/pixazo/"
+WEBHOOK_MAX_BYTES = 64 * 1024
+
+
+def _webhook_url_for(public_url: str | None) -> Callable[[Job], str | None] | None:
+    if not public_url:
+        return None
+
+    def url(job: Job) -> str | None:
+        return f"{public_url}{WEBHOOK_PATH}{job.webhook_token}" if job.webhook_token else None
+
+    return url
+
+
+class StaticTokenVerifier:
+    """Bearer tokens from KLING_MCP_AUTH_TOKEN, compared in constant time."""
+
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self._tokens = tuple(t.encode() for t in tokens)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        given = token.encode()
+        # Compare against every token, so the time taken does not tell which one nearly matched.
+        matched = [hmac.compare_digest(given, known) for known in self._tokens]
+        if not any(matched):
+            return None
+        return AccessToken(token="redacted", client_id=f"token-{matched.index(True) + 1}", scopes=[])
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def http_security(settings: Settings, host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection, always on: loopback, the bound host, the public URL's host, and what is configured."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in (*LOOPBACK_HOSTS, "0.0.0.0", "::"):
+        names.append(f"[{host}]" if ":" in host else host)
+    public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
+    if public_host:
+        names.append(public_host)
+    hosts = [f"{name}:*" for name in names] + names + list(settings.allowed_hosts)
+    origins = [f"{scheme}://{name}{port}" for name in names for scheme in ("http", "https") for port in ("", ":*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=origins + list(settings.allowed_origins),
+    )
+
+
+def _register_routes(server: KlingServer, state_ref: StateRef) -> None:
+    """Plain HTTP routes beside /mcp (streamable HTTP only). They are outside bearer auth on purpose."""
+
+    @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": state_ref.current is not None, "version": __version__})
+
+    @server.custom_route(WEBHOOK_PATH + "{token}", methods=["POST"])  # type: ignore[untyped-decorator]
+    async def webhook(request: Request) -> Response:
+        state = state_ref.current
+        if state is None:
+            return JSONResponse({"error": "starting"}, status_code=503)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > WEBHOOK_MAX_BYTES):
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > WEBHOOK_MAX_BYTES:
+                return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(data, dict):
+            return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
+        code, reason = await state.engine.on_webhook(request.path_params["token"], data)
+        return JSONResponse({"ok": code == 200, "detail": reason}, status_code=code)
 
 
 async def _resource_job(state: AppState, request_id: str) -> Job:

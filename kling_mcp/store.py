@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kling_mcp.errors import JobNotFoundError, SpendLimitError
 from kling_mcp.pixazo import GenerationRequest, JobStatus
@@ -85,6 +86,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     size_bytes INTEGER,
     parent_id TEXT,
     owner TEXT,
+    webhook_token TEXT UNIQUE,
     extra_json TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, created_at);
@@ -198,6 +200,7 @@ class Job(BaseModel):
     size_bytes: int | None
     parent_id: str | None
     owner: str | None = None
+    webhook_token: str | None = Field(default=None, repr=False, exclude=True)
 
     @property
     def id(self) -> str:
@@ -242,6 +245,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         size_bytes=row["size_bytes"],
         parent_id=row["parent_id"],
         owner=row["owner"],
+        webhook_token=row["webhook_token"],
     )
 
 
@@ -324,8 +328,8 @@ class Store:
                 job_id = "job_" + uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO jobs (job_id, status, mode, request_json, fingerprint, idempotency_key, "
-                    "video_seconds, created_at, updated_at, download_state, parent_id, owner) "
-                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "video_seconds, created_at, updated_at, download_state, parent_id, owner, webhook_token) "
+                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         mode,
@@ -338,6 +342,7 @@ class Store:
                         "pending" if download else "off",
                         parent_id,
                         PROCESS_OWNER,
+                        secrets.token_urlsafe(24),  # names this job in its webhook URL; unguessable
                     ),
                 )
                 conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))
@@ -364,6 +369,13 @@ class Store:
                 hint="Use list_jobs to see known request ids; ids look like kling-video-..._<uuid>.",
             )
         return job
+
+    async def by_webhook_token(self, token: str) -> Job | None:
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM jobs WHERE webhook_token = ?", (token,)).fetchone()
+            return _row_to_job(row) if row is not None else None
+
+        return await self._run(op)
 
     async def recent(self, *, statuses: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:

@@ -1,0 +1,223 @@
+"""Serving many agents over HTTP: bearer auth, DNS-rebinding protection, webhooks, and no secret ever leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from kling_mcp.config import Settings
+from kling_mcp.sandbox.server import serve_asgi
+from kling_mcp.server import build_server, http_security
+from tests.support.procs import server_env
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "tok_Zq8vDistinctiveBearer_77"
+API_KEY = "sk_live_Kx3DistinctiveApiKey_91"
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    """The server's real streamable-HTTP app on a loopback port, as `kling-mcp serve --transport http` builds it."""
+    app = build_server(settings).streamable_http_app(
+        host="127.0.0.1", transport_security=http_security(settings, "127.0.0.1")
+    )
+    async with serve_asgi(app, "127.0.0.1", 0) as base_url:
+        yield base_url
+
+
+@asynccontextmanager
+async def mcp_client(base_url: str, token: str | None = None) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(base_url + "/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+async def test_bearer_tokens_are_required_and_checked(settings: Settings) -> None:
+    secured = settings.with_(auth_tokens=("other-token", TOKEN))
+    async with serve(secured) as base, httpx2.AsyncClient(base_url=base) as http:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        none = await http.post("/mcp", json=body, headers=headers)
+        wrong = await http.post("/mcp", json=body, headers={**headers, "Authorization": "Bearer nope"})
+        health = await http.get("/healthz")
+        async with mcp_client(base, TOKEN) as client:
+            result = await client.call_tool("generate_video", {"prompt": "authorised", "duration": 3})
+    assert none.status_code == 401
+    assert wrong.status_code == 401
+    assert health.status_code == 200
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "completed"
+
+
+async def test_a_host_header_from_another_domain_is_refused(settings: Settings) -> None:
+    async with serve(settings) as base, httpx2.AsyncClient(base_url=base) as http:
+        response = await http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Host": "evil.example", "Accept": "application/json, text/event-stream"},
+        )
+    assert response.status_code == 421
+
+
+async def test_configured_hosts_are_allowed(settings: Settings) -> None:
+    configured = settings.with_(allowed_hosts=("video.example.com",))
+    async with serve(configured) as base, httpx2.AsyncClient(base_url=base) as http:
+        response = await http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Host": "video.example.com", "Accept": "application/json, text/event-stream"},
+        )
+    assert response.status_code != 421
+
+
+def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", "--host", "0.0.0.0", "--port", "8999"],
+        env=server_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "KLING_MCP_AUTH_TOKEN" in done.stderr
+    assert "--insecure-no-auth" in done.stderr
+
+
+# --- webhooks ----------------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def webhook_server(settings: Settings) -> AsyncIterator[tuple[str, Settings]]:
+    """A server whose public URL is its own loopback address, so the sandbox's webhooks reach it.
+
+    The port is known only once the socket listens, and the app needs it first: a small forwarder breaks the loop.
+    """
+    built: dict[str, Any] = {}
+
+    async def forward(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # the real app's lifespan is run below, once it exists
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await built["app"](scope, receive, send)
+
+    async with serve_asgi(forward, "127.0.0.1", 0) as base:
+        configured = settings.with_(public_url=base, webhook_poll_interval=60.0)
+        app = build_server(configured).streamable_http_app(
+            host="127.0.0.1", transport_security=http_security(configured, "127.0.0.1")
+        )
+        built["app"] = app
+        async with app.router.lifespan_context(app):
+            yield base, configured
+
+
+async def test_a_webhook_wakes_the_waiting_call_while_polling_sleeps(settings: Settings, sandbox: Any) -> None:
+    async with webhook_server(settings) as (base, _), mcp_client(base) as client:
+        made = await client.call_tool("generate_video", {"prompt": "[sandbox:hold] hook", "wait_seconds": 0})
+        assert made.structured_content is not None
+        rid = made.structured_content["request_id"]
+        assert sandbox.gateway.jobs[rid].webhook_url.startswith(base + "/webhooks/pixazo/")
+        result: dict[str, Any] = {}
+
+        async def wait() -> None:
+            done = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 30})
+            result.update(done.structured_content or {})
+
+        # Polling is every 60 s here, so finishing inside this bound proves the webhook path.
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                sandbox.gateway.finish(rid)
+    assert result["status"] == "completed"
+    assert result["download"] == "saved"
+    assert [d.status_code for d in sandbox.gateway.jobs[rid].webhook_deliveries] == [200]
+    assert sandbox.gateway.jobs[rid].status_polls == 0
+
+
+async def test_forged_replayed_and_malformed_webhooks_change_nothing(settings: Settings, sandbox: Any) -> None:
+    async with webhook_server(settings) as (base, _), mcp_client(base) as client:
+        first = (
+            await client.call_tool("generate_video", {"prompt": "[sandbox:hold] a", "wait_seconds": 0})
+        ).structured_content
+        second = (
+            await client.call_tool("generate_video", {"prompt": "[sandbox:hold] b", "wait_seconds": 0})
+        ).structured_content
+        assert first is not None
+        assert second is not None
+        url_a = sandbox.gateway.jobs[first["request_id"]].webhook_url
+        url_b = sandbox.gateway.jobs[second["request_id"]].webhook_url
+        done_a = {
+            "request_id": first["request_id"],
+            "status": "COMPLETED",
+            "output": {"media_url": ["http://127.0.0.1:9/x.mp4"], "media_type": "video/mp4"},
+        }
+        async with httpx2.AsyncClient() as http:
+            forged = await http.post(base + "/webhooks/pixazo/not-a-token", json=done_a)
+            replayed = await http.post(url_b, json=done_a)
+            malformed = await http.post(url_a, content=b"{not json")
+            not_object = await http.post(url_a, json=[1, 2])
+            oversized = await http.post(url_a, content=b"{" + b" " * 70_000 + b"}")
+        statuses = [
+            (await client.call_tool("check_status", {"request_id": job["request_id"]})).structured_content["status"]
+            for job in (first, second)
+        ]
+    assert [r.status_code for r in (forged, replayed, malformed, not_object, oversized)] == [404, 409, 400, 400, 413]
+    assert statuses == ["processing", "processing"] or set(statuses) <= {"queued", "processing"}
+
+
+# --- secrets -----------------------------------------------------------------------------------------------------
+
+
+async def test_the_key_and_token_appear_nowhere(
+    settings: Settings, sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sandbox.gateway.config.keys = {API_KEY: 1000.0}
+    live = settings.with_(mode="live", api_key=API_KEY, auth_tokens=(TOKEN,), allow_private_urls=True)
+    seen: list[str] = []
+    async with serve(live) as base, mcp_client(base, TOKEN) as client:
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("generate_video", {"prompt": "secret test", "duration": 3}),
+            ("storyboard", {"shots": [{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": 3}]}),
+            ("generate_video", {"prompt": "[sandbox:fail] refused"}),
+            ("generate_video", {"prompt": "x", "duration": 99}),
+            ("check_status", {"request_id": "missing"}),
+            ("list_jobs", {}),
+        ]
+        for tool, args in calls:
+            result = await client.call_tool(tool, args)
+            seen.append(result.model_dump_json())
+        rid = json.loads(seen[0])["structured_content"]["request_id"]
+        uris = (f"kling://jobs/{rid}", "kling://jobs", f"kling://jobs/{rid}/poster.jpg")
+        seen.extend([(await client.read_resource(uri)).model_dump_json() for uri in uris])
+        sandbox.gateway.config.keys = {"sk_other": 1.0}  # now the gateway refuses the key: errors must not echo it
+        revoked = await client.call_tool("generate_video", {"prompt": "after revoke"})
+        seen.append(revoked.model_dump_json())
+    seen.extend(record.getMessage() for record in caplog.records)
+    written = [*(tmp_path / "state").rglob("*"), *(tmp_path / "out").rglob("*")]
+    seen.extend(path.read_bytes().decode("latin-1") for path in written if path.is_file())
+    text = "\n".join(seen)
+    assert json.loads(seen[0])["structured_content"]["status"] == "completed"  # the key did reach the gateway
+    assert revoked.is_error
+    assert "PIXAZO_API_KEY" in revoked.model_dump_json()  # the error names the variable, never its value
+    for secret in (API_KEY, TOKEN):
+        assert secret not in text
+        assert secret[4:20] not in text
