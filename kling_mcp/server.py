@@ -81,7 +81,7 @@ class JobParams(BaseModel):
 # The job as advertised in every tool's outputSchema: only the fields an agent acts on, because the model reads
 # every schema on every turn. Results carry more (JobResult), which additionalProperties allows.
 class JobOut(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"description": "A Kling video job."})
+    model_config = ConfigDict(extra="allow")
 
     request_id: str
     status: Literal["submitting", "queued", "processing", "completed", "failed", "error", "unknown"]
@@ -523,8 +523,8 @@ def compact_schema(schema: Any, *, in_properties: bool = False) -> Any:
         return {name: compact_schema(sub) for name, sub in schema.items()}
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title":
-            continue
+        if key == "title" or (key == "default" and value is None) or (key == "additionalProperties" and value is True):
+            continue  # what JSON Schema assumes anyway
         out[key] = compact_schema(value, in_properties=key in ("properties", "$defs"))
     options = out.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
@@ -542,6 +542,9 @@ def _compact_tool_schemas(server: KlingServer) -> None:
         output = tool.fn_metadata.output_schema
         if output is not None:
             compacted = compact_schema(output)
+            # Results always carry every field, and may carry more: saying so costs tokens on every turn.
+            for key in ("required", "additionalProperties", "description"):
+                compacted.pop(key, None)
             output.clear()
             output.update(compacted)
 
@@ -556,11 +559,14 @@ WaitSeconds = Annotated[
     Field(
         ge=0,
         le=WAIT_MAX_S,
-        description="Max seconds to wait before returning the still-running job.",
+        description="Max seconds to wait; then the job is returned still running.",
     ),
 ]
-IdempotencyKey = Annotated[str | None, Field(max_length=200, description="Same key returns the same job.")]
-ForceNew = Annotated[bool, Field(description="New take even if an identical request ran recently.")]
+ImageRef = Annotated[
+    str, Field(min_length=1, max_length=limits.IMAGE_REF_MAX_CHARS, description=limits.IMAGE_DESCRIPTION)
+]
+IdempotencyKey = Annotated[str | None, Field(max_length=200, description="Same key, same job.")]
+ForceNew = Annotated[bool, Field(description="New take of a recent identical request.")]
 
 
 @dataclass
@@ -737,9 +743,7 @@ def _register_tools(server: KlingServer) -> None:
 
     @server.tool(title="Animate an image", annotations=GENERATE)
     async def animate_image(
-        image_url: Annotated[
-            str, Field(min_length=1, max_length=limits.IMAGE_REF_MAX_CHARS, description=limits.IMAGE_DESCRIPTION)
-        ],
+        image_url: ImageRef,
         ctx: Context[AppState],
         prompt: Annotated[
             str | None, Field(min_length=1, max_length=limits.PROMPT_MAX_CHARS, description=limits.PROMPT_DESCRIPTION)
@@ -773,10 +777,7 @@ def _register_tools(server: KlingServer) -> None:
         shots: limits.Shots,
         ctx: Context[AppState],
         aspect_ratio: Annotated[limits.AspectRatio, Field(description=limits.ASPECT_DESCRIPTION)] = "16:9",
-        image_url: Annotated[
-            str | None,
-            Field(min_length=1, max_length=4096, description=limits.IMAGE_DESCRIPTION),
-        ] = None,
+        image_url: ImageRef | None = None,
         wait_seconds: WaitSeconds = None,
         idempotency_key: IdempotencyKey = None,
         force_new: ForceNew = False,

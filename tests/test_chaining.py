@@ -260,3 +260,18 @@ async def test_results_show_a_small_preview_and_resources_serve_frames_and_the_v
     assert all(isinstance(b, BlobResourceContents) for b in blobs)
     assert [b.mime_type for b in blobs] == ["image/jpeg", "image/png", "video/mp4"]
     assert base64.b64decode(blobs[2].blob) == Path(data_of(clip)["local_path"]).read_bytes()  # type: ignore[union-attr]
+
+
+async def test_a_large_data_uri_is_accepted_by_every_image_argument(settings: Settings, sandbox: Any) -> None:
+    import os
+
+    noisy = Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3))
+    buffer = io.BytesIO()
+    noisy.save(buffer, "PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert len(uri) > 100_000
+    async with Client(build_server(settings)) as client:
+        story = await client.call_tool("storyboard", {"shots": [{"prompt": "a"}, {"prompt": "b"}], "image_url": uri})
+        anim = await client.call_tool("animate_image", {"image_url": uri, "duration": 3})
+    assert data_of(story)["status"] == "completed", text_of(story)
+    assert data_of(anim)["status"] == "completed", text_of(anim)
