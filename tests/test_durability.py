@@ -150,3 +150,30 @@ async def test_two_servers_on_one_ledger_share_jobs_without_double_work(settings
     assert data_of(a)["local_path"] == data_of(b)["local_path"]
     assert sandbox.gateway.submit_count == 1
     assert sandbox.gateway.jobs[rid].media_requests == 1
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_large_paid_request_asks_the_user_first(settings: Settings, sandbox: Any, mode: str) -> None:
+    from mcp.client import ClientRequestContext
+    from mcp.types import ElicitRequestParams, ElicitResult
+
+    answers = ["decline", "accept"]
+    asked: list[str] = []
+
+    async def answer(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        action = answers.pop(0)
+        return ElicitResult(action=action, content={"confirm": True} if action == "accept" else None)
+
+    live = settings.with_(mode="live", api_key="sk_live_confirm_test", confirm_above_seconds=5, allow_private_urls=True)
+    async with Client(build_server(live), mode=mode, elicitation_callback=answer) as client:
+        small = await client.call_tool("generate_video", {"prompt": "small", "duration": 5})
+        declined = await client.call_tool("generate_video", {"prompt": "big", "duration": 10})
+        accepted = await client.call_tool("generate_video", {"prompt": "big", "duration": 10})
+    assert data_of(small)["status"] == "completed"
+    assert declined.is_error
+    assert "declined" in text_of(declined)
+    assert data_of(accepted)["status"] == "completed"
+    assert len(asked) == 2
+    assert "10 s of video" in asked[0]
+    assert sandbox.gateway.submit_count == 2
