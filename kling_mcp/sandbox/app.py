@@ -16,7 +16,7 @@ import anyio
 import httpx2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -131,10 +131,15 @@ def _submit_route(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
         if refused is not None:
             return refused
         try:
+            raw_body = await request.body()
+        except ClientDisconnect:
+            # The client gave up (a slow-answer fault outlasted its timeout) before the body was read: no job.
+            return Response(status_code=499)
+        try:
             job = await gateway.submit(
                 key=front,
                 endpoint=endpoint,
-                raw_body=await request.body(),
+                raw_body=raw_body,
                 base_url=_base_url(request, gateway),
                 webhook_url=request.headers.get(WEBHOOK_HEADER) or None,
             )
