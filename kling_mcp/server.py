@@ -930,41 +930,14 @@ def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
         data["chain"] = await _chain(state, job)
         return json.dumps(data, indent=2)
 
-    @server.resource(
-        JOB_URI_PREFIX + "{request_id}/poster.jpg",
-        name="poster",
-        title="Poster frame",
-        description="A JPEG frame of a finished job (at most 200 KB).",
-        mime_type="image/jpeg",
-    )
-    async def poster_resource(request_id: str, ctx: Context[AppState]) -> bytes:
-        state = _state(ctx)
-        job = await _resource_job(state, request_id)
-        return await _resource_bytes(state.media.poster(job))
-
-    @server.resource(
-        JOB_URI_PREFIX + "{request_id}/contact-sheet.jpg",
-        name="contact-sheet",
-        title="Contact sheet",
-        description="One frame per shot of a finished storyboard, as one JPEG.",
-        mime_type="image/jpeg",
-    )
-    async def sheet_resource(request_id: str, ctx: Context[AppState]) -> bytes:
-        state = _state(ctx)
-        job = await _resource_job(state, request_id)
-        return await _resource_bytes(state.media.preview(job))
-
-    @server.resource(
-        JOB_URI_PREFIX + "{request_id}/last-frame.png",
-        name="last-frame",
-        title="Last frame",
-        description="The last frame of a finished job, lossless PNG (what extend_video starts from).",
-        mime_type="image/png",
-    )
-    async def last_frame_resource(request_id: str, ctx: Context[AppState]) -> bytes:
-        state = _state(ctx)
-        job = await _resource_job(state, request_id)
-        return await _resource_bytes(state.media.last_frame(job))
+    for suffix, title, description, mime, make in _FRAME_RESOURCES:
+        server.resource(
+            JOB_URI_PREFIX + "{request_id}/" + suffix,
+            name=suffix.split(".")[0],
+            title=title,
+            description=description,
+            mime_type=mime,
+        )(_frame_resource(make))
 
     @server.resource(
         JOB_URI_PREFIX + "{request_id}/video",
@@ -1002,6 +975,44 @@ def _register_resources(server: KlingServer, state_ref: StateRef) -> None:
 
 
 VIDEO_BLOB_MAX_BYTES = 20 * 1024**2
+
+# Images of a finished job: (URI suffix, title, description, MIME type, the MediaWorker method that makes it).
+_FRAME_RESOURCES: tuple[tuple[str, str, str, str, Callable[[MediaWorker, Job], Awaitable[Path]]], ...] = (
+    (
+        "poster.jpg",
+        "Poster frame",
+        "A JPEG frame of a finished job (at most 200 KB).",
+        "image/jpeg",
+        MediaWorker.poster,
+    ),
+    (
+        "contact-sheet.jpg",
+        "Contact sheet",
+        "One frame per shot of a finished storyboard, as one JPEG.",
+        "image/jpeg",
+        MediaWorker.preview,
+    ),
+    (
+        "last-frame.png",
+        "Last frame",
+        "The last frame of a finished job, lossless PNG (what extend_video starts from).",
+        "image/png",
+        MediaWorker.last_frame,
+    ),
+)
+
+
+def _frame_resource(
+    make: Callable[[MediaWorker, Job], Awaitable[Path]],
+) -> Callable[[str, Context[AppState]], Awaitable[bytes]]:
+    async def read(request_id: str, ctx: Context[AppState]) -> bytes:
+        state = _state(ctx)
+        job = await _resource_job(state, request_id)
+        return await _resource_bytes(make(state.media, job))
+
+    return read
+
+
 WEBHOOK_PATH = "/webhooks/pixazo/"
 WEBHOOK_MAX_BYTES = 64 * 1024
 
