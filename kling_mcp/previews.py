@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from kling_mcp.errors import InvalidInputError, JobError
+
+if TYPE_CHECKING:
+    from kling_mcp.media import ConcatResult
 from kling_mcp.store import Job
 
 T = TypeVar("T")
@@ -111,24 +113,13 @@ def local_video(job: Job) -> Path:
     return Path(job.local_path)
 
 
-@dataclass(frozen=True)
-class Film:
-    path: Path
-    method: str
-    duration_s: float
-    size_bytes: int
-    width: int
-    height: int
-    request_ids: tuple[str, ...]
-
-
 def film_path(out_dir: Path, jobs: Sequence[Job], title: str | None) -> Path:
     ids = "+".join(j.id for j in jobs)
     stem = safe_name(title) if title else "film-" + hashlib.sha256(ids.encode()).hexdigest()[:12]
     return out_dir / f"{stem}.mp4"
 
 
-async def concat_jobs(worker: MediaWorker, jobs: Sequence[Job], out_dir: Path, title: str | None) -> Film:
+async def concat_jobs(worker: MediaWorker, jobs: Sequence[Job], out_dir: Path, title: str | None) -> ConcatResult:
     """Joins finished jobs in order: stream copy when they match, else re-encoded to the first clip's shape."""
     if len(jobs) < 2:
         raise InvalidInputError("request_ids", "at least 2 jobs", len(jobs), "list the clips to join, in order")
@@ -136,13 +127,4 @@ async def concat_jobs(worker: MediaWorker, jobs: Sequence[Job], out_dir: Path, t
     out = film_path(out_dir, jobs, title)
     from kling_mcp.media import concat
 
-    result = await worker.run(concat, videos, out)
-    return Film(
-        path=result.path,
-        method=result.method,
-        duration_s=result.duration_s,
-        size_bytes=result.size_bytes,
-        width=result.width,
-        height=result.height,
-        request_ids=tuple(j.id for j in jobs),
-    )
+    return await worker.run(concat, videos, out)

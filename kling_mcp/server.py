@@ -866,7 +866,7 @@ def _register_tools(server: KlingServer) -> None:
             width=film.width,
             height=film.height,
             method=film.method,
-            request_ids=list(film.request_ids),
+            request_ids=[job.id for job in jobs],
         )
         how = "stream copy" if film.method == "copy" else "re-encoded, letterboxed to the first clip"
         text = (
