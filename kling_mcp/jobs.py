@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[Job], Awaitable[None]]
 
+_JITTER = random.Random()  # own instance: jitter must not consume (or be steered by) the global generator
+
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -50,6 +53,8 @@ class EngineConfig:
     guards: Guards = field(default_factory=Guards)
     download_attempts: int = 5
     download_max_bytes: int | None = 2 * 1024**3
+    max_polls_per_second: float = 200.0
+    max_concurrent_polls: int = 16
     submit_grace_seconds: float = 120.0  # a row left 'submitting' longer than this was cut off mid-submit
     max_download_backoff: float = 60.0
 
@@ -107,6 +112,7 @@ class JobEngine:
         self._watches: dict[str, _Watch] = {}
         self._drivers: set[str] = set()
         self._listeners: list[Listener] = []
+        self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -279,14 +285,15 @@ class JobEngine:
     async def _run_job(self, job_id: str) -> None:
         try:
             job = await self.store.get(job_id)
+            phase = _JITTER.uniform(0.5, 1.5)  # spreads the polls of jobs submitted (or resumed) together
             while not job.settled:
                 if job.status in ("queued", "processing"):
                     # Sleep until the next poll, or until a webhook (or another waiter's news) changes the job.
                     watch = self._watch(job_id)
-                    with anyio.move_on_after(self.config.poll_interval):
+                    with anyio.move_on_after(self._poll_interval() * phase):
                         await watch.event.wait()
-                    fresh = await self.store.get(job_id)
-                    job = fresh if fresh.updated_at != job.updated_at else await self._poll(fresh)
+                    phase = 1.0
+                    job = await self.store.get(job_id) if watch.event.is_set() else await self._poll(job)
                 elif job.status == "completed":
                     job = await self._download(job)
                 else:
@@ -315,16 +322,27 @@ class JobEngine:
         self._drive(updated)
         return 200, "ok"
 
+    def _poll_interval(self) -> float:
+        """The configured interval, stretched so that all jobs together poll at most max_polls_per_second.
+
+        Each poll costs the process a couple of milliseconds of CPU; past a few hundred a second the event loop
+        saturates and every other call (check_status, tools/list) waits behind the polls.
+        """
+        return max(self.config.poll_interval, len(self._drivers) / self.config.max_polls_per_second)
+
     async def _poll(self, job: Job) -> Job:
         assert job.current_request_id is not None
         try:
-            status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
+            async with self._poll_slots:
+                status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
         except (NotFoundError, AuthenticationError) as exc:
             log.warning("status of %s: %s", job.id, exc.message)
             return await self.store.get(job.job_id)
         except GatewayError as exc:
             log.info("status of %s not read (%s); next poll will try again", job.id, exc.code)
             return await self.store.get(job.job_id)
+        if status.status == job.status:
+            return job  # nothing new: no ledger read, no write
         # Another process sharing the ledger may have moved the job on.
         current = await self.store.get(job.job_id)
         if current.current_request_id != job.current_request_id or current.final:

@@ -162,10 +162,11 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay)
         backoff = min(self.max_delay, self.base_delay * 2**attempt)
-        return random.uniform(backoff / 2, backoff)
+        return _JITTER.uniform(backoff / 2, backoff)
 
 
 Sleep = Callable[[float], Awaitable[None]]
+_JITTER = random.Random()  # own instance: jitter must not consume (or be steered by) the global generator
 T = TypeVar("T")
 
 _MEDIA_CHUNK = 1 << 20

@@ -391,6 +391,8 @@ async def open_state(
                 timeout=httpx2.Timeout(settings.request_timeout, connect=10.0),
                 follow_redirects=True,
                 transport=transport,
+                # Keep as many connections alive as polls may run at once, so polls never pay for new handshakes.
+                limits=httpx2.Limits(max_connections=32, max_keepalive_connections=32),
             )
         )
         # The gateway client is trusted configuration (and carries the key); URLs from answers and from users go
