@@ -285,7 +285,8 @@ class JobEngine:
     async def _run_job(self, job_id: str) -> None:
         try:
             job = await self.store.get(job_id)
-            phase = _JITTER.uniform(0.5, 1.5)  # spreads the polls of jobs submitted (or resumed) together
+            # Spreads the polls of jobs submitted (or resumed) together; never sooner than the interval.
+            phase = _JITTER.uniform(1.0, 1.5)
             while not job.settled:
                 if job.status in ("queued", "processing"):
                     # Sleep until the next poll, or until a webhook (or another waiter's news) changes the job.

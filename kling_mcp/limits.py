@@ -67,9 +67,7 @@ def estimated_render_seconds(duration_s: float, *, image: bool) -> float:
 
 # --- descriptions, derived from the numbers above ---------------------------------------------------------
 
-PROMPT_DESCRIPTION: Final = (
-    f"What happens in the clip: subject, action, camera, style. {PROMPT_MIN_CHARS}-{PROMPT_MAX_CHARS} characters."
-)
+PROMPT_DESCRIPTION: Final = f"Subject, action, camera, style; {PROMPT_MIN_CHARS}-{PROMPT_MAX_CHARS} characters."
 DURATION_DESCRIPTION: Final = f"Clip length in seconds, {DURATION_MIN_S}-{DURATION_MAX_S}."
 ASPECT_DESCRIPTION: Final = "Frame shape: " + ", ".join(ASPECT_RATIOS) + "."
 SHOTS_DESCRIPTION: Final = (
@@ -78,9 +76,9 @@ SHOTS_DESCRIPTION: Final = (
 )
 SHOT_DURATION_DESCRIPTION: Final = f"Shot length in seconds, {SHOT_DURATION_MIN_S}-{SHOT_DURATION_MAX_S}."
 IMAGE_DESCRIPTION: Final = (
-    f"First frame: https URL, local file path, data: URI or kling://jobs/ID/last-frame. {'/'.join(IMAGE_FORMATS)}, "
+    f"First frame: https URL, file path, data: URI or kling://jobs/ID/last-frame; {'/'.join(IMAGE_FORMATS)} "
     f"<= {IMAGE_MAX_BYTES // (1024 * 1024)} MB, sides >= {IMAGE_MIN_SIDE_PX} px, "
-    f"aspect 1:{IMAGE_MAX_ASPECT:g} to {IMAGE_MAX_ASPECT:g}:1."
+    f"aspect 1:{IMAGE_MAX_ASPECT:g}-{IMAGE_MAX_ASPECT:g}:1."
 )
 # A data: URI of the largest image allowed, base64 being 4 characters per 3 bytes.
 IMAGE_REF_MAX_CHARS: Final = IMAGE_MAX_BYTES * 4 // 3 + 100

@@ -561,14 +561,14 @@ WaitSeconds = Annotated[
     Field(
         ge=0,
         le=WAIT_MAX_S,
-        description="Max seconds to wait; then the job is returned still running.",
+        description="Max wait (s); then the running job is returned.",
     ),
 ]
 ImageRef = Annotated[
     str, Field(min_length=1, max_length=limits.IMAGE_REF_MAX_CHARS, description=limits.IMAGE_DESCRIPTION)
 ]
 IdempotencyKey = Annotated[str | None, Field(max_length=200, description="Same key, same job.")]
-ForceNew = Annotated[bool, Field(description="New take of a recent identical request.")]
+ForceNew = Annotated[bool, Field(description="New take even if just requested.")]
 
 
 @dataclass
@@ -728,8 +728,7 @@ def _register_tools(server: KlingServer) -> None:
         force_new: ForceNew = False,
         confirmed: Annotated[Confirmed, Resolve(_confirm_duration)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, JobOut]:
-        """Text to video with Kling 3 Turbo Pro. Waits up to wait_seconds, then returns the job (still running is
-        normal: follow `next`). Returns media_url, local_path and the job resource."""
+        """Text to video (Kling 3 Turbo Pro). If not done within wait_seconds, returns the running job: follow `next`."""
         return await _run_generation(
             ctx,
             _deferred(
@@ -774,7 +773,7 @@ def _register_tools(server: KlingServer) -> None:
             confirmed=confirmed,
         )
 
-    @server.tool(title="Storyboard: several shots, one clip", annotations=GENERATE)
+    @server.tool(title="Storyboard (multi-shot clip)", annotations=GENERATE)
     async def storyboard(
         shots: limits.Shots,
         ctx: Context[AppState],
@@ -852,8 +851,7 @@ def _register_tools(server: KlingServer) -> None:
         ctx: Context[AppState],
         title: Annotated[str | None, Field(max_length=100, description="File name for the result.")] = None,
     ) -> Annotated[CallToolResult, FilmOut]:
-        """Joins finished clips in order into one MP4 in the output folder (copied when they match, else
-        re-encoded letterboxed to the first clip's shape). No gateway request, no charge."""
+        """Joins finished clips in order into one local MP4. Free: no gateway request."""
         state = _state(ctx)
         try:
             jobs = [await state.engine.get(rid.strip()) for rid in request_ids]
@@ -892,7 +890,7 @@ def _register_tools(server: KlingServer) -> None:
             float, Field(ge=0, le=WAIT_MAX_S, description="Seconds to wait for it to finish; 0 answers at once.")
         ] = 0,
     ) -> Annotated[CallToolResult, JobOut]:
-        """The state of any job this server has made, waiting up to wait_seconds for it to finish."""
+        """A job's state, waiting up to wait_seconds for it to finish."""
         state = _state(ctx)
         try:
             job = await state.engine.get(request_id.strip())
@@ -911,7 +909,7 @@ def _register_tools(server: KlingServer) -> None:
         ] = None,
         limit: Annotated[int, Field(ge=1, le=200, description="Most recent first.")] = 20,
     ) -> JobList:
-        """Jobs the ledger holds, newest first, including ones from earlier server runs."""
+        """Jobs in the ledger, newest first, across server restarts."""
         state = _state(ctx)
         jobs = await state.store.recent(statuses=[status] if status else None, limit=limit)
         return JobList(jobs=[JobOut.model_validate(job_result(j, engine=state.engine).model_dump()) for j in jobs])
