@@ -158,13 +158,19 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 def start_sandbox_gateway(
-    port: int, log: Path, *, time_scale: float, render_size: str, fps: int, extra: Sequence[str] = ()
+    port: int,
+    log: Path,
+    *,
+    time_scale: float,
+    render_size: str,
+    fps: int,
+    extra: Sequence[str] = (),
+    program: Sequence[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``python -m kling_mcp.sandbox`` in its own process, waited for until it answers /healthz."""
+    """``python -m kling_mcp.sandbox`` (or ``program``, taking the same flags) in its own process, waited for until
+    it answers /healthz."""
     args = [
-        sys.executable,
-        "-m",
-        "kling_mcp.sandbox",
+        *(program or [sys.executable, "-m", "kling_mcp.sandbox"]),
         "--port",
         str(port),
         "--time-scale",

@@ -19,6 +19,7 @@ a server sees. Target: kling-mcp's median at most 1.2x the floor's.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -73,7 +74,9 @@ def _live_env_factory(dead_port: int) -> Callable[[Path], dict[str, str]]:
 
 
 async def _one(variant: Variant, run_dir: Path, mode: str, errlog: Path) -> tuple[float, float, int]:
-    params = StdioServerParameters(command=sys.executable, args=variant.args, env=variant.env(run_dir), cwd=str(REPO))
+    params = StdioServerParameters(
+        command=variant.args[0], args=variant.args[1:], env=variant.env(run_dir), cwd=str(REPO)
+    )
     with errlog.open("a") as err, anyio.fail_after(120):
         start = time.perf_counter()
         async with Client(stdio_client(params, errlog=err), mode=mode) as client:
@@ -106,15 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         choices=("legacy", "auto"),
         help="client handshake: legacy = initialize; auto = server/discover first (default: %(default)s)",
     )
+    parser.add_argument(
+        "--server-command",
+        help="run this instead of python -m kling_mcp for the sandbox and live variants (split by shlex), "
+        "e.g. to compare a patched build",
+    )
     args = parser.parse_args(argv)
 
     header()
     dead_port = free_port()  # bound and released: nothing listens there during the run
+    ours = shlex.split(args.server_command) if args.server_command else [sys.executable, "-m", "kling_mcp"]
     variants = [
-        Variant("floor", ["-m", "bench.floor_server"], _floor_env),
-        Variant("sandbox", ["-m", "kling_mcp"], _sandbox_env),
-        Variant("live", ["-m", "kling_mcp"], _live_env_factory(dead_port)),
+        Variant("floor", [sys.executable, "-m", "bench.floor_server"], _floor_env),
+        Variant("sandbox", ours, _sandbox_env),
+        Variant("live", ours, _live_env_factory(dead_port)),
     ]
+    if args.server_command:
+        print(f"# kling-mcp variants run: {args.server_command}")
     print(f"# {args.runs} runs per variant after 1 discarded warm-up, interleaved; client mode {args.mode}")
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         anyio.run(_run, args.runs, args.mode, variants, Path(tmp))

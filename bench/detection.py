@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import sqlite3
 import statistics
 import sys
@@ -121,9 +122,10 @@ async def _run(args: argparse.Namespace, mode: DetectionMode, gateway: str, work
         KLING_MCP_OUTPUT_DIR=str(work / "out"),
         **mode.server_env(args),
     )
-    print(f"# server: {env_line(env)} python -m kling_mcp (stdio)")
+    print(f"# server: {env_line(env)} {args.server_command or 'python -m kling_mcp'} (stdio)")
     ledger = work / "state" / "ledger.sqlite3"
-    params = StdioServerParameters(command=sys.executable, args=["-m", "kling_mcp"], env=env, cwd=str(REPO))
+    program = shlex.split(args.server_command) if args.server_command else [sys.executable, "-m", "kling_mcp"]
+    params = StdioServerParameters(command=program[0], args=program[1:], env=env, cwd=str(REPO))
     rng = random.Random(args.seed)
     trials: list[Trial] = []
     with (work / "server.log").open("w") as errlog:
@@ -183,18 +185,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="polling")
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds (default: 1)")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument(
+        "--gateway-command",
+        help="run this instead of python -m kling_mcp.sandbox (split by shlex; the gateway flags are appended)",
+    )
+    parser.add_argument(
+        "--server-command",
+        help="run this instead of python -m kling_mcp (split by shlex), e.g. to compare a patched build",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the random finish moments")
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
 
     header()
     print(f"# mode {mode.name}: {mode.description}; {args.trials} trials after 1 warm-up")
+    if args.gateway_command:
+        print(f"# gateway: {args.gateway_command}")
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
         work = Path(tmp)
         port = free_port()
         # A fast gateway clock ends the queueing phase at once; [sandbox:hold] keeps each job PROCESSING until told.
         gw = start_sandbox_gateway(
-            port, work / "gateway.log", time_scale=1000, render_size="64x36", fps=2, extra=mode.gateway_args(args)
+            port,
+            work / "gateway.log",
+            time_scale=1000,
+            render_size="64x36",
+            fps=2,
+            extra=mode.gateway_args(args),
+            program=shlex.split(args.gateway_command) if args.gateway_command else None,
         )
         try:
             trials = anyio.run(_run, args, mode, f"http://127.0.0.1:{port}", work)

@@ -7,9 +7,11 @@ test (``kling-mcp serve --transport http``, KLING_MCP_MODE=sandbox, PIXAZO_BASE_
 dedupe off, KLING_MCP_MAX_ACTIVE_JOBS=2000) and this client, which speaks JSON-RPC over streamable HTTP with as little
 work of its own as it can (``bench._common.RawSession``).
 
-Phases: (1) one job, then ``--idle-calls`` sequential ``check_status`` calls on it (the idle baseline); (2) the other
-jobs submitted with ``wait_seconds=0``, ``--concurrency`` calls in flight; (3) for ``--latency-seconds``, sequential
-``check_status`` calls on random jobs while all jobs poll (the loaded figure); (4) wait until the ledger holds every
+Phases: (1) one job, then ``--idle-calls`` ``check_status`` calls on it (the idle baseline); (2) the other jobs
+submitted with ``wait_seconds=0``, ``--concurrency`` calls in flight; (3) for ``--latency-seconds``, ``check_status``
+calls on random jobs while all jobs poll (the loaded figure). Latency probes are paced at ``--probe-rate`` calls a
+second, one at a time, so that the probe measures the load rather than adding its own (a check_status costs the
+server a few ms of CPU); (4) wait until the ledger holds every
 job final. The server's memory and CPU come from /proc, its ledger is read (read-only) for job timings, and the
 gateway's ``/_sandbox/stats`` gives the status requests it received per job.
 
@@ -29,7 +31,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,14 @@ async def _timed_status(session: RawSession, request_id: str) -> float:
     return elapsed
 
 
+@asynccontextmanager
+async def _paced(rate: float) -> AsyncIterator[None]:
+    """Makes the block take at least 1/rate seconds: a probe starts every 1/rate s unless the last one was slower."""
+    start = time.monotonic()
+    yield
+    await anyio.sleep(max(0.0, 1.0 / rate - (time.monotonic() - start)))
+
+
 async def _submit(session: RawSession, i: int, duration: int) -> tuple[str, float]:
     start = time.perf_counter()
     result = await session.call_tool(
@@ -168,11 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0, help="sandbox speed-up (default: 1, real timing)")
     parser.add_argument("--duration", type=int, default=15, help="clip seconds; sets how long jobs run")
     parser.add_argument("--concurrency", type=int, default=32, help="submits in flight (default: %(default)s)")
-    parser.add_argument("--idle-calls", type=int, default=300)
+    parser.add_argument("--idle-calls", type=int, default=200)
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="check_status probes per second (default: 20)")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--render-size", default="64x36")
     parser.add_argument("--fps", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds in all")
+    parser.add_argument(
+        "--gateway-command",
+        help="run this instead of python -m kling_mcp.sandbox (split by shlex; the gateway flags are appended)",
+    )
     parser.add_argument(
         "--server-command",
         help="run this instead of kling-mcp (split by shlex; 'serve --transport http --port N' is appended), "
@@ -192,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, work: Path) -> int:
     gw_port, srv_port = free_port(), free_port()
     gateway = start_sandbox_gateway(
-        gw_port, work / "gateway.log", time_scale=args.time_scale, render_size=args.render_size, fps=args.fps
+        gw_port,
+        work / "gateway.log",
+        time_scale=args.time_scale,
+        render_size=args.render_size,
+        fps=args.fps,
+        program=shlex.split(args.gateway_command) if args.gateway_command else None,
     )
     env = base_env(
         work / "home",
@@ -211,7 +232,7 @@ def _main(args: argparse.Namespace, work: Path) -> int:
     server_args = [*program, "serve", "--transport", "http", "--port", str(srv_port)]
     print(f"# server: {env_line(env)} {shlex.join(server_args if args.server_command else server_args[1:])}")
     print(
-        f"# gateway: python -m kling_mcp.sandbox --time-scale {args.time_scale:g} --render-size {args.render_size} "
+        f"# gateway: {args.gateway_command or 'python -m kling_mcp.sandbox'} --time-scale {args.time_scale:g} --render-size {args.render_size} "
         f"--fps {args.fps}"
     )
     with (work / "server.log").open("wb") as err:
@@ -247,7 +268,11 @@ async def _drive(args: argparse.Namespace, url: str, gateway_url: str, work: Pat
 
         await mark("idle")
         first, _ = await _submit(session, 0, args.duration)
-        report["idle_lat"] = [await _timed_status(session, first) for _ in range(args.idle_calls)]
+        idle: list[float] = []
+        for _ in range(args.idle_calls):
+            async with _paced(args.probe_rate):
+                idle.append(await _timed_status(session, first))
+        report["idle_lat"] = idle
         await mark("submit start")
 
         ids = [first]
@@ -274,7 +299,8 @@ async def _drive(args: argparse.Namespace, url: str, gateway_url: str, work: Pat
         window_end = time.monotonic() + args.latency_seconds
         rng = random.Random(7)
         while time.monotonic() < window_end:
-            loaded.append(await _timed_status(session, rng.choice(ids)))
+            async with _paced(args.probe_rate):
+                loaded.append(await _timed_status(session, rng.choice(ids)))
         report["loaded_lat"] = loaded
         counts = _ledger_counts(ledger)
         report["active_at_window_end"] = counts.get("queued", 0) + counts.get("processing", 0)
@@ -387,10 +413,10 @@ def _print(args: argparse.Namespace, report: dict[str, Any], sampler: Sampler) -
     # latency
     loaded = report["loaded_lat"] or [float("nan")]
     p99 = percentile(loaded, 99) * 1000
-    print(f"check_status idle (1 job): {_ms(report['idle_lat'])}")
+    print(f"check_status idle (1 job, {args.probe_rate:g}/s): {_ms(report['idle_lat'])}")
     print(
         f"check_status under load ({report['active_at_window_start']} -> {report['active_at_window_end']} jobs "
-        f"polling, {s2.t - s1.t:.0f} s window): {_ms(loaded)}; "
+        f"polling, {s2.t - s1.t:.0f} s window, {args.probe_rate:g}/s): {_ms(loaded)}; "
         f"target p99 <= {TARGET_P99_MS:g} ms: {'meets' if p99 <= TARGET_P99_MS else 'misses'}"
     )
     print("timeline (s since submit start: RSS MB, server cores busy since previous, load1):")
