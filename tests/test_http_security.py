@@ -105,28 +105,11 @@ def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) ->
 
 @asynccontextmanager
 async def webhook_server(settings: Settings) -> AsyncIterator[tuple[str, Settings]]:
-    """A server whose public URL is its own loopback address, so the sandbox's webhooks reach it.
+    """A server whose public URL is its own loopback address, so the sandbox's webhooks reach it."""
+    from bench.webhook_latency import webhook_server as serve_with_webhooks
 
-    The port is known only once the socket listens, and the app needs it first: a small forwarder breaks the loop.
-    """
-    built: dict[str, Any] = {}
-
-    async def forward(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":  # the real app's lifespan is run below, once it exists
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await built["app"](scope, receive, send)
-
-    async with serve_asgi(forward, "127.0.0.1", 0) as base:
-        configured = settings.with_(public_url=base, webhook_poll_interval=60.0)
-        app = build_server(configured).streamable_http_app(
-            host="127.0.0.1", transport_security=http_security(configured, "127.0.0.1")
-        )
-        built["app"] = app
-        async with app.router.lifespan_context(app):
-            yield base, configured
+    async with serve_with_webhooks(settings) as base:
+        yield base, settings.with_(public_url=base, webhook_poll_interval=60.0)
 
 
 async def test_a_webhook_wakes_the_waiting_call_while_polling_sleeps(settings: Settings, sandbox: Any) -> None:
