@@ -170,7 +170,6 @@ _JITTER = random.Random()  # own instance: jitter must not consume (or be steere
 T = TypeVar("T")
 
 
-
 class PixazoClient:
     """Typed access to the gateway. The ``http`` client is the seam: real network, loopback, or ASGI."""
 
