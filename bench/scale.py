@@ -67,6 +67,7 @@ class Sample:
     server_cpu: float
     gateway_cpu: float
     load1: float
+    wall_minus_mono: float  # changes when the wall clock is stepped; the ledger's times are wall-clock times
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Sampler:
             cpu_seconds(self.server_pid),
             cpu_seconds(self.gateway_pid),
             os.getloadavg()[0],
+            time.time() - time.monotonic(),
         )
         self.samples.append(sample)
         return sample
@@ -384,6 +386,10 @@ def _print(args: argparse.Namespace, report: dict[str, Any], sampler: Sampler) -
     print(f"load average during run: max {max(x.load1 for x in sampler.samples):.2f}")
 
     # polls per job
+    # The ledger times jobs with the wall clock. If it was stepped during the run (this VM's is, now and then),
+    # lifetimes are off by up to the step; the check allows that much and says so.
+    offsets = [x.wall_minus_mono for x in sampler.samples]
+    step = max(offsets) - min(offsets)
     allowed_violations = 0
     per_interval: list[float] = []
     counts: list[int] = []
@@ -394,7 +400,7 @@ def _print(args: argparse.Namespace, report: dict[str, Any], sampler: Sampler) -
         life = finished_at - submitted_at
         counts.append(n)
         lifetimes.append(life)
-        if n > int(life / args.poll + 1e-6):
+        if n > int((life + step) / args.poll + 1e-6):
             allowed_violations += 1
         if n:
             per_interval.append(life / n)
@@ -402,7 +408,8 @@ def _print(args: argparse.Namespace, report: dict[str, Any], sampler: Sampler) -
     print(
         f"gateway status requests: {requests} in all, per job mean {statistics.mean(counts):.1f}, max {max(counts)}; "
         f"jobs over one request per {args.poll:g} s interval: {allowed_violations} "
-        f"(target 0: {'meets' if allowed_violations == 0 else 'misses'})"
+        f"(target 0: {'meets' if allowed_violations == 0 else 'misses'}); "
+        f"wall clock moved against the monotonic clock by {step * 1000:.0f} ms during the run"
     )
     print(
         f"achieved seconds between polls per job: median {statistics.median(per_interval):.2f}, "
