@@ -62,10 +62,25 @@ def machine() -> str:
     )
 
 
+def revision() -> str:
+    """The commit the working tree is at, and whether kling_mcp/ or bench/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "kling_mcp", "bench"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision (not a git checkout)"
+    return f"{head}{' with uncommitted changes' if dirty else ''}"
+
+
 def header() -> None:
-    """Prints the command, the machine and the load: the first lines of every benchmark's output."""
+    """Prints the command, the machine, the code's revision and the load: the first lines of every benchmark."""
     print(f"$ {command()}")
     print(f"# {machine()}")
+    print(f"# kling-mcp at {revision()}")
     print(f"# {load()} at start, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
 
 
