@@ -552,9 +552,11 @@ def _compact_tool_schemas(server: KlingServer) -> None:
 
 
 MAX_CONCAT = 50
-LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-GENERATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+# Only the hints that differ from the spec's defaults (not read-only, destructive, not idempotent, open world):
+# the rest would cost tokens on every turn and say nothing.
+LOCAL_WRITE = ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+GENERATE = ToolAnnotations(destructive_hint=False)
 
 WaitSeconds = Annotated[
     float | None,
