@@ -1,0 +1,109 @@
+"""Serving over HTTP: bearer tokens, DNS-rebinding protection, and the plain routes beside ``/mcp``."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from kling_mcp import __version__
+from kling_mcp.config import Settings
+from kling_mcp.runtime import WEBHOOK_PATH
+from kling_mcp.server.state import AppState, StateRef
+
+WEBHOOK_MAX_BYTES = 64 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class StaticTokenVerifier:
+    """Bearer tokens from KLING_MCP_AUTH_TOKEN, compared in constant time."""
+
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self._tokens = tuple(t.encode() for t in tokens)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        given = token.encode()
+        # Compare against every token, so the time taken does not tell which one nearly matched.
+        matched = [hmac.compare_digest(given, known) for known in self._tokens]
+        if not any(matched):
+            return None
+        return AccessToken(token="redacted", client_id=f"token-{matched.index(True) + 1}", scopes=[])
+
+
+def auth_options(settings: Settings) -> dict[str, Any]:
+    """MCPServer's auth arguments: none, or bearer tokens checked by the SDK's verifier hook."""
+    if not settings.auth_tokens:
+        return {}
+    base = settings.public_url or "http://127.0.0.1"
+    return {
+        "token_verifier": StaticTokenVerifier(settings.auth_tokens),
+        "auth": AuthSettings(
+            issuer_url=AnyHttpUrl(base),
+            resource_server_url=AnyHttpUrl(base + "/mcp"),
+            validate_token_resource=False,
+        ),
+    }
+
+
+def http_security(settings: Settings, host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection, always on: loopback, the bound host, the public URL's host, and what is configured."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in (*LOOPBACK_HOSTS, "0.0.0.0", "::"):
+        names.append(f"[{host}]" if ":" in host else host)
+    public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
+    if public_host:
+        names.append(public_host)
+    hosts = [f"{name}:*" for name in names] + names + list(settings.allowed_hosts)
+    origins = [f"{scheme}://{name}{port}" for name in names for scheme in ("http", "https") for port in ("", ":*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=origins + list(settings.allowed_origins),
+    )
+
+
+async def _read_capped(request: Request, cap: int) -> bytes | None:
+    """The body, or None once it is longer than ``cap`` (whatever Content-Length claimed)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > cap):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return body
+
+
+def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
+    """Plain HTTP routes beside /mcp (streamable HTTP only). They are outside bearer auth on purpose."""
+
+    @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": state_ref.current is not None, "version": __version__})
+
+    @server.custom_route(WEBHOOK_PATH + "{token}", methods=["POST"])  # type: ignore[untyped-decorator]
+    async def webhook(request: Request) -> Response:
+        state = state_ref.current
+        if state is None:
+            return JSONResponse({"error": "starting"}, status_code=503)
+        body = await _read_capped(request, WEBHOOK_MAX_BYTES)
+        if body is None:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(data, dict):
+            return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
+        code, reason = await state.runtime.engine.on_webhook(request.path_params["token"], data)
+        return JSONResponse({"ok": code == 200, "detail": reason}, status_code=code)

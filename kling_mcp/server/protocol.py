@@ -1,0 +1,101 @@
+"""Protocol methods MCPServer does not serve itself, and the capabilities that advertise them.
+
+Legacy (handshake-era) clients subscribe to resources and set a log level with spec methods that MCPServer has no
+handler for; ``LegacyMethods`` answers them as server middleware (a public SDK seam) and adds what they imply to
+the advertised capabilities, including ``resources.listChanged``, which MCPServer leaves false on handshake
+sessions although this server does send list changes. Completion uses MCPServer's own decorator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mcp.server import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.mcpserver import MCPServer
+from mcp.types import (
+    Completion,
+    CompletionArgument,
+    CompletionContext,
+    PromptReference,
+    ResourceTemplateReference,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
+)
+
+from kling_mcp.server.state import AppState, StateRef
+
+COMPLETION_MAX = 100
+COMPLETION_SCAN = 200
+
+# Merged into the advertised capabilities: what the handlers below serve, per handshake method.
+_CAPABILITIES: dict[str, dict[str, Any]] = {
+    "initialize": {"resources": {"subscribe": True, "listChanged": True}, "logging": {}},
+    "server/discover": {"resources": {"subscribe": True}, "logging": {}},
+}
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _subscriptions(ctx: ServerRequestContext[AppState, Any]) -> set[str]:
+    return ctx.lifespan_context.notifier.remember(ctx.session)
+
+
+def _subscribe(ctx: ServerRequestContext[AppState, Any]) -> None:
+    _subscriptions(ctx).add(str(SubscribeRequestParams.model_validate(ctx.params or {}).uri))
+
+
+def _unsubscribe(ctx: ServerRequestContext[AppState, Any]) -> None:
+    _subscriptions(ctx).discard(str(UnsubscribeRequestParams.model_validate(ctx.params or {}).uri))
+
+
+def _set_level(ctx: ServerRequestContext[AppState, Any]) -> None:
+    # Server logs go to stderr; the level the client asks for sets how much is written there.
+    level = SetLevelRequestParams.model_validate(ctx.params or {}).level.upper()
+    logging.getLogger("kling_mcp").setLevel(level if level in logging.getLevelNamesMapping() else "ERROR")
+
+
+_HANDLERS = {
+    "resources/subscribe": _subscribe,
+    "resources/unsubscribe": _unsubscribe,
+    "logging/setLevel": _set_level,
+}
+
+
+class LegacyMethods:
+    """Server middleware: answers the legacy methods above and advertises them."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        handler = _HANDLERS.get(ctx.method)
+        if handler is not None and ctx.request_id is not None:
+            handler(ctx)
+            return {}
+        result = await call_next(ctx)
+        extra = _CAPABILITIES.get(ctx.method)
+        if extra is not None and isinstance(result, dict) and isinstance(result.get("capabilities"), dict):
+            _merge(result["capabilities"], extra)
+        return result
+
+
+def register_completion(server: MCPServer[AppState], state_ref: StateRef) -> None:
+    """Completes ``request_id`` arguments with the ids of recent jobs."""
+
+    @server.completion()  # type: ignore[no-untyped-call,untyped-decorator]  # the SDK leaves it unannotated
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference,
+        argument: CompletionArgument,
+        context: CompletionContext | None,
+    ) -> Completion:
+        values: list[str] = []
+        if argument.name == "request_id":
+            jobs = await state_ref.get().runtime.store.recent(limit=COMPLETION_SCAN)
+            values = [j.id for j in jobs if j.id.startswith(argument.value)][:COMPLETION_MAX]
+        return Completion(values=values, total=len(values), has_more=False)
