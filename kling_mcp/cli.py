@@ -14,7 +14,7 @@ from kling_mcp import __version__
 from kling_mcp.errors import ConfigurationError
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kling-mcp",
         description="MCP server for Kling Video 3 Turbo Pro on the Pixazo gateway. Without PIXAZO_API_KEY it runs "
@@ -33,14 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
     gateway = sub.add_parser("sandbox-gateway", help="run the sandbox gateway alone (the Pixazo HTTP contract)")
-    from kling_mcp.sandbox.standalone import add_arguments
+    if gateway_flags:  # they come with the whole sandbox, which the server itself starts off its critical path
+        from kling_mcp.sandbox.standalone import add_arguments
 
-    add_arguments(gateway)
+        add_arguments(gateway)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(gateway_flags=bool(argv) and argv[0] == "sandbox-gateway").parse_args(argv)
     command = args.command or "serve"
     if command == "sandbox-gateway":
         from kling_mcp.sandbox.standalone import run

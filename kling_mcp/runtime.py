@@ -7,12 +7,14 @@ meant to be tested.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx2
 
 from kling_mcp.config import SANDBOX_KEY, Settings
@@ -75,6 +77,8 @@ async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: htt
     """The live gateway, a configured one, or the built-in sandbox started for this process."""
     if settings.live or settings.base_url is not None or transport is not None:
         return settings.gateway_url
+    # A worker thread imports the sandbox (Pillow, PyAV, uvicorn), so the event loop keeps answering meanwhile.
+    await anyio.to_thread.run_sync(importlib.import_module, "kling_mcp.sandbox")
     from kling_mcp.sandbox import SandboxConfig, serve_sandbox
 
     config = SandboxConfig(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -18,13 +19,12 @@ from pydantic import ValidationError
 
 from kling_mcp import __version__, limits
 from kling_mcp.config import Settings
-from kling_mcp.runtime import open_runtime
 from kling_mcp.server.http import auth_options, register_routes
 from kling_mcp.server.notify import Notifier
 from kling_mcp.server.protocol import LegacyMethods, register_completion
 from kling_mcp.server.resources import register_resources
 from kling_mcp.server.schema import explain_validation, shape_tool
-from kling_mcp.server.state import AppState, StateRef
+from kling_mcp.server.state import AppState, Startup, StateRef
 from kling_mcp.server.tools import TOOLS
 
 
@@ -76,12 +76,15 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         notifier = Notifier(bus=bus)
-        async with open_runtime(settings, transport=transport, listeners=[notifier.on_job]) as runtime:
-            state_ref.current = AppState(runtime=runtime, notifier=notifier)
+        startup = Startup()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(startup.run, settings, notifier, transport)
+            state_ref.current = AppState(settings=settings, notifier=notifier, startup=startup)
             try:
                 yield state_ref.current
             finally:
                 state_ref.current = None
+                startup.stop()
 
     server = KlingServer(
         "kling-mcp",

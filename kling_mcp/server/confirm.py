@@ -22,7 +22,7 @@ Confirmed = ElicitationResult[ConfirmSpend]
 
 
 def _confirm(ctx: Context[AppState], seconds: int) -> ConfirmSpend | Elicit[ConfirmSpend]:
-    settings = ctx.request_context.lifespan_context.runtime.settings
+    settings = ctx.request_context.lifespan_context.settings
     threshold = settings.confirm_above_seconds
     caps = ctx.client_capabilities
     if not settings.live or threshold is None or seconds <= threshold or caps is None or caps.elicitation is None:

@@ -89,12 +89,13 @@ def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": state_ref.current is not None, "version": __version__})
+        ok = state_ref.current is not None and state_ref.current.startup.ready
+        return JSONResponse({"ok": ok, "version": __version__})
 
     @server.custom_route(WEBHOOK_PATH + "{token}", methods=["POST"])  # type: ignore[untyped-decorator]
     async def webhook(request: Request) -> Response:
         state = state_ref.current
-        if state is None:
+        if state is None or not state.startup.ready:
             return JSONResponse({"error": "starting"}, status_code=503)
         body = await _read_capped(request, WEBHOOK_MAX_BYTES)
         if body is None:
@@ -105,5 +106,5 @@ def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         if not isinstance(data, dict):
             return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
-        code, reason = await state.runtime.engine.on_webhook(request.path_params["token"], data)
+        code, reason = await (await state.runtime()).engine.on_webhook(request.path_params["token"], data)
         return JSONResponse({"ok": code == 200, "detail": reason}, status_code=code)

@@ -96,6 +96,6 @@ def register_completion(server: MCPServer[AppState], state_ref: StateRef) -> Non
     ) -> Completion:
         values: list[str] = []
         if argument.name == "request_id":
-            jobs = await state_ref.get().runtime.store.recent(limit=COMPLETION_SCAN)
+            jobs = await (await state_ref.runtime()).store.recent(limit=COMPLETION_SCAN)
             values = [j.id for j in jobs if j.id.startswith(argument.value)][:COMPLETION_MAX]
         return Completion(values=values, total=len(values), has_more=False)

@@ -14,7 +14,7 @@ from kling_mcp.errors import KlingError
 from kling_mcp.previews import MediaWorker, local_video
 from kling_mcp.runtime import Runtime
 from kling_mcp.server.results import job_result
-from kling_mcp.server.state import AppState, StateRef, state_of
+from kling_mcp.server.state import AppState, StateRef, runtime_of
 from kling_mcp.server.uris import JOB_URI_PREFIX, JOBS_URI
 from kling_mcp.store import Job
 
@@ -68,7 +68,7 @@ async def chain_of(runtime: Runtime, job: Job) -> list[str]:
 
 
 async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     job = await _job(runtime, request_id)
     data = job_result(job, runtime=runtime).model_dump(mode="json")
     data["chain"] = await chain_of(runtime, job)
@@ -76,7 +76,7 @@ async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
 
 
 async def video_resource(request_id: str, ctx: Context[AppState]) -> bytes:
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     job = await _job(runtime, request_id)
     try:
         path = local_video(job)
@@ -95,7 +95,7 @@ def _frame_resource(
     make: Callable[[MediaWorker, Job], Awaitable[Path]],
 ) -> Callable[[str, Context[AppState]], Awaitable[bytes]]:
     async def read(request_id: str, ctx: Context[AppState]) -> bytes:
-        runtime = state_of(ctx).runtime
+        runtime = await runtime_of(ctx)
         job = await _job(runtime, request_id)
         try:
             return await anyio.Path(await make(runtime.media, job)).read_bytes()
@@ -130,7 +130,7 @@ def register_resources(server: MCPServer[AppState], state_ref: StateRef) -> None
     )(video_resource)
 
     async def jobs_resource() -> str:
-        runtime = state_ref.get().runtime
+        runtime = await state_ref.runtime()
         jobs = await runtime.store.recent(limit=50)
         return json.dumps([job_result(j, runtime=runtime).model_dump(mode="json") for j in jobs], indent=2)
 

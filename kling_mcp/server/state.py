@@ -1,36 +1,91 @@
-"""What every handler reaches: the running core and the notifier, for the lifetime of the server."""
+"""What every handler reaches: the settings, the notifier and, once started, the running core.
+
+The core (ledger, gateway client, engine, and in sandbox mode the built-in gateway) starts beside the server
+rather than before it, so a client's first requests (initialize, tools/list) never wait for it; a handler that
+needs the core waits for it instead.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
+import anyio
+import httpx2
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
-from kling_mcp.runtime import Runtime
+from kling_mcp.config import Settings
+from kling_mcp.runtime import Runtime, open_runtime
 from kling_mcp.server.notify import Notifier
+
+log = logging.getLogger("kling_mcp")
+
+STARTUP_WAIT_S = 120.0  # a handler waits at most this long for the core to start
+
+
+@dataclass
+class Startup:
+    """The core's lifetime, run as a task beside the server."""
+
+    _done: anyio.Event = field(default_factory=anyio.Event)
+    _stop: anyio.Event = field(default_factory=anyio.Event)
+    _runtime: Runtime | None = None
+    _failure: str | None = None
+
+    async def run(self, settings: Settings, notifier: Notifier, transport: httpx2.AsyncBaseTransport | None) -> None:
+        try:
+            async with open_runtime(settings, transport=transport, listeners=[notifier.on_job]) as runtime:
+                self._runtime = runtime
+                self._done.set()
+                await self._stop.wait()
+        except Exception as exc:  # the server keeps answering, and says why it cannot work
+            log.exception("the core failed")
+            self._failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._runtime = None
+            self._done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._runtime is not None
+
+    async def runtime(self) -> Runtime:
+        with anyio.fail_after(STARTUP_WAIT_S):
+            await self._done.wait()
+        if self._runtime is None:
+            reason = self._failure or "it is stopping"
+            raise ToolError(f"The server's core is not running ({reason}); check the server's log and restart it.")
+        return self._runtime
 
 
 @dataclass(frozen=True)
 class AppState:
-    runtime: Runtime
+    settings: Settings
     notifier: Notifier
+    startup: Startup
+
+    async def runtime(self) -> Runtime:
+        return await self.startup.runtime()
 
 
 @dataclass
 class StateRef:
-    """The running core, for handlers the SDK calls without a request context (static resources, completion)."""
+    """The server's state, for handlers the SDK calls without a request context (static resources, completion)."""
 
     current: AppState | None = None
 
-    def get(self) -> AppState:
+    async def runtime(self) -> Runtime:
         if self.current is None:
             raise ToolError("The server is starting or stopping; try again.")
-        return self.current
+        return await self.current.runtime()
 
 
-def state_of(ctx: Context[AppState]) -> AppState:
+async def runtime_of(ctx: Context[AppState]) -> Runtime:
     """The core, for a handler; remembers a legacy caller's session so it can be notified later."""
     state = ctx.request_context.lifespan_context
     state.notifier.remember(ctx.session)
-    return state
+    return await state.runtime()

@@ -24,7 +24,7 @@ from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.runtime import Runtime
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
 from kling_mcp.server.results import FilmOut, JobList, JobOut, JobStatusName, film_result, job_out, tool_result
-from kling_mcp.server.state import AppState, state_of
+from kling_mcp.server.state import AppState, runtime_of
 from kling_mcp.server.uris import job_uri
 from kling_mcp.store import Job
 
@@ -84,7 +84,7 @@ def _validation_text(exc: ValidationError) -> str:
 
 
 async def _wait_with_progress(ctx: Context[AppState], job: Job, wait: float) -> Job:
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     last = -1.0
 
     async def on_tick(current: Job) -> None:
@@ -109,7 +109,7 @@ def _with_inline_image_advice(job: Job, request: GenerationRequest) -> Job:
 
 async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Generation) -> CallToolResult:
     """Submits (or finds the existing job for) a request, waits up to the call's budget, returns the job."""
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     if declined(how.confirmed):
         raise ToolError("Not submitted: the user declined the spend confirmation. Nothing was charged.")
     wait = runtime.settings.max_wait if how.wait_seconds is None else how.wait_seconds
@@ -221,7 +221,7 @@ async def extend_video(
     confirmed: ConfirmDuration = None,  # type: ignore[assignment]
 ) -> Annotated[CallToolResult, JobOut]:
     """Next clip from the last frame of a finished job, so the motion continues; same aspect ratio."""
-    parent = await _get_job(state_of(ctx).runtime, request_id)
+    parent = await _get_job(await runtime_of(ctx), request_id)
     try:
         local_video(parent)
     except KlingError as exc:
@@ -249,7 +249,7 @@ async def concat_videos(
     title: Annotated[str | None, Field(max_length=100, description="File name for the result.")] = None,
 ) -> Annotated[CallToolResult, FilmOut]:
     """Joins finished clips in order into one local MP4. Free: no gateway request."""
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     jobs = [await _get_job(runtime, rid) for rid in request_ids]
     try:
         film = await concat_jobs(runtime.media, jobs, runtime.settings.resolved_output_dir, title)
@@ -277,7 +277,7 @@ async def check_status(
     ] = 0,
 ) -> Annotated[CallToolResult, JobOut]:
     """A job's state, waiting up to wait_seconds for it to finish."""
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     job = await _get_job(runtime, request_id)
     if wait_seconds > 0 and not job.settled:
         job = await _wait_with_progress(ctx, job, wait_seconds)
@@ -290,7 +290,7 @@ async def list_jobs(
     limit: Annotated[int, Field(ge=1, le=200, description="Most recent first.")] = 20,
 ) -> JobList:
     """Jobs in the ledger, newest first, across server restarts."""
-    runtime = state_of(ctx).runtime
+    runtime = await runtime_of(ctx)
     jobs = await runtime.store.recent(statuses=[status] if status else None, limit=limit)
     return JobList(jobs=[job_out(j, runtime=runtime) for j in jobs])
 
