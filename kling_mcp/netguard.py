@@ -47,6 +47,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
@@ -239,10 +240,13 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         *,
         allow_private: bool,
         resolver: Resolver = system_resolver,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._owns_inner = inner is None
         self._inner = (
-            inner if inner is not None else httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_keepalive_connections=0))
+            inner
+            if inner is not None
+            else httpx2.AsyncHTTPTransport(verify=verify, limits=httpx2.Limits(max_keepalive_connections=0))
         )
         self._allow_private = allow_private
         self._resolver = resolver
@@ -350,15 +354,17 @@ def guarded_client(
     max_redirects: int = 5,
     transport: httpx2.AsyncBaseTransport | None = None,
     resolver: Resolver = system_resolver,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` for untrusted URLs: redirects followed (each hop checked) through ``GuardedTransport``.
 
-    ``transport`` is the inner transport (an ``ASGITransport`` in tests); ``resolver`` replaces DNS in tests.
+    ``transport`` is the inner transport (an ``ASGITransport`` in tests); ``resolver`` replaces DNS in tests;
+    ``verify`` is the TLS context (the process's shared one, so no client loads the trust store again).
     ``trust_env=False``: a proxy would resolve names itself, past the pin. httpx2 already ignores ``HTTP(S)_PROXY``
     when given a transport; saying so keeps a later change from mounting one ahead of the guard.
     """
     return httpx2.AsyncClient(
-        transport=GuardedTransport(transport, allow_private=allow_private, resolver=resolver),
+        transport=GuardedTransport(transport, allow_private=allow_private, resolver=resolver, verify=verify),
         follow_redirects=True,
         max_redirects=max_redirects,
         timeout=httpx2.Timeout(timeout),

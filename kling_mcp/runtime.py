@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from kling_mcp.netguard import guarded_client
 from kling_mcp.pixazo import PixazoClient
 from kling_mcp.previews import MediaWorker, local_video
 from kling_mcp.store import Guards, Job, Store
+from kling_mcp.tls import tls_context
 
 log = logging.getLogger("kling_mcp")
 
@@ -92,6 +94,10 @@ async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: htt
     return served.base_url
 
 
+def _open_blocking(settings: Settings) -> tuple[ssl.SSLContext, Store]:
+    return tls_context(), Store(settings.resolved_state_dir / "ledger.sqlite3")
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -105,6 +111,10 @@ async def open_runtime(
     change made while resuming goes unseen.
     """
     async with AsyncExitStack() as stack:
+        # The blocking parts (the trust store, the ledger's file and schema) run off the event loop, which is
+        # answering the client's first requests meanwhile.
+        tls, store = await anyio.to_thread.run_sync(_open_blocking, settings)
+        stack.callback(store.close)
         base_url = await _gateway_url(settings, stack, transport)
         if not settings.live:
             log.warning("SANDBOX mode: placeholder videos from the sandbox gateway at %s; nothing is charged", base_url)
@@ -115,6 +125,7 @@ async def open_runtime(
                 timeout=httpx2.Timeout(settings.request_timeout, connect=10.0),
                 follow_redirects=True,
                 transport=transport,
+                verify=tls,
                 # Keep as many connections alive as polls may run at once, so polls never pay for new handshakes.
                 limits=httpx2.Limits(max_connections=32, max_keepalive_connections=32),
             )
@@ -126,11 +137,10 @@ async def open_runtime(
                 allow_private=not settings.live or settings.allow_private_urls,
                 timeout=settings.request_timeout,
                 transport=transport,
+                verify=tls,
             )
         )
         client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths, media_http=media_http)
-        store = Store(settings.resolved_state_dir / "ledger.sqlite3")
-        stack.callback(store.close)
         engine = JobEngine(client, store, engine_config(settings), webhook_url_for=webhook_url_for(settings.public_url))
         for listener in listeners:
             engine.add_listener(listener)

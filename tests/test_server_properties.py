@@ -66,7 +66,7 @@ def valid_prompt(value: Any) -> bool:
 def valid_duration(value: Any) -> bool:
     # JSON numbers with no fraction are integers to a JSON schema; booleans are not. The contract also allows a
     # numeric string ("5"), which the server accepts and sends as an integer.
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and value == int(value) and 3 <= value <= 15
 

@@ -74,7 +74,7 @@ def http_security(settings: Settings, host: str) -> TransportSecuritySettings:
 async def _read_capped(request: Request, cap: int) -> bytes | None:
     """The body, or None once it is longer than ``cap`` (whatever Content-Length claimed)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > cap):
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > cap):
         return None
     body = b""
     async for chunk in request.stream():
@@ -89,12 +89,16 @@ def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
+        if state_ref.current is not None:
+            state_ref.current.startup.want()
         ok = state_ref.current is not None and state_ref.current.startup.ready
         return JSONResponse({"ok": ok, "version": __version__})
 
     @server.custom_route(WEBHOOK_PATH + "{token}", methods=["POST"])  # type: ignore[untyped-decorator]
     async def webhook(request: Request) -> Response:
         state = state_ref.current
+        if state is not None:
+            state.startup.want()
         if state is None or not state.startup.ready:
             return JSONResponse({"error": "starting"}, status_code=503)
         body = await _read_capped(request, WEBHOOK_MAX_BYTES)

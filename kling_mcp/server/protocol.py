@@ -37,6 +37,9 @@ _CAPABILITIES: dict[str, dict[str, Any]] = {
 }
 
 
+_HANDSHAKE = frozenset({"initialize", "ping"})
+
+
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -71,7 +74,7 @@ _HANDLERS = {
 
 
 class LegacyMethods:
-    """Server middleware: answers the legacy methods above and advertises them."""
+    """Server middleware: answers the legacy methods above and advertises them; starts the core after the handshake."""
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         handler = _HANDLERS.get(ctx.method)
@@ -79,6 +82,8 @@ class LegacyMethods:
             handler(ctx)
             return {}
         result = await call_next(ctx)
+        if ctx.request_id is not None and ctx.method not in _HANDSHAKE and isinstance(ctx.lifespan_context, AppState):
+            ctx.lifespan_context.startup.want()  # the handshake is answered: the core may start now
         extra = _CAPABILITIES.get(ctx.method)
         if extra is not None and isinstance(result, dict) and isinstance(result.get("capabilities"), dict):
             _merge(result["capabilities"], extra)

@@ -2,7 +2,10 @@
 
 The core (ledger, gateway client, engine, and in sandbox mode the built-in gateway) starts beside the server
 rather than before it, so a client's first requests (initialize, tools/list) never wait for it; a handler that
-needs the core waits for it instead.
+needs the core waits for it instead. It starts once the client's handshake is answered (the first request after
+``initialize``), when a handler needs it, or ``START_GRACE_S`` after the server started, whichever comes first: a
+core starting while the handshake is answered would share the interpreter with it and delay the first answers,
+and a server nobody talks to still resumes its unfinished jobs.
 """
 
 from __future__ import annotations
@@ -22,18 +25,23 @@ from kling_mcp.server.notify import Notifier
 log = logging.getLogger("kling_mcp")
 
 STARTUP_WAIT_S = 120.0  # a handler waits at most this long for the core to start
+START_GRACE_S = 1.0  # the core starts at the latest this long after the server, with or without a client
 
 
 @dataclass
 class Startup:
     """The core's lifetime, run as a task beside the server."""
 
+    grace: float = START_GRACE_S
+    _wanted: anyio.Event = field(default_factory=anyio.Event)
     _done: anyio.Event = field(default_factory=anyio.Event)
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _runtime: Runtime | None = None
     _failure: str | None = None
 
     async def run(self, settings: Settings, notifier: Notifier, transport: httpx2.AsyncBaseTransport | None) -> None:
+        with anyio.move_on_after(self.grace):
+            await self._wanted.wait()
         try:
             async with open_runtime(settings, transport=transport, listeners=[notifier.on_job]) as runtime:
                 self._runtime = runtime
@@ -46,14 +54,22 @@ class Startup:
             self._runtime = None
             self._done.set()
 
+    def want(self) -> None:
+        """Starts the core now if it has not started yet."""
+        self._wanted.set()
+
     def stop(self) -> None:
+        self._wanted.set()
         self._stop.set()
 
     @property
     def ready(self) -> bool:
         return self._runtime is not None
 
-    async def runtime(self) -> Runtime:
+    async def runtime(self, *, start: bool = True) -> Runtime:
+        """The running core; ``start=False`` waits for it without hurrying its start."""
+        if start:
+            self.want()
         with anyio.fail_after(STARTUP_WAIT_S):
             await self._done.wait()
         if self._runtime is None:
