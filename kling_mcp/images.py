@@ -3,7 +3,7 @@
 Accepted references: an http(s) URL (checked from its first bytes where this server may fetch it), a ``data:``
 URI, a local file path (or ``file://`` URL), and ``kling://jobs/{id}/last-frame`` (the last frame of a finished
 job). Local images travel to the gateway as a ``data:`` URI; whether the live gateway accepts those is unknown
-(see docs/pixazo-contract.md), so a refusal there is turned into advice to use a public URL.
+(docs/pixazo-contract.md §3), so a refusal there is turned into advice to use a public URL.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Tool schemas, the server's own checks, the sandbox gateway's validation, error texts and the README all derive
 from the constants here, so a limit cannot say one thing in prose and another in code. Sources are in
-``shared/pixazo-api.md`` section 2.
+``docs/pixazo-contract.md §3``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ SANDBOX_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
 }
 SANDBOX_FPS: Final = 24
 
-# Timing model from real recordings (pixazo-api.md section 5): base + per output second (+ image-to-video).
+# Timing model from real recordings (docs/pixazo-contract.md §8): base + per output second (+ image-to-video).
 TIMING_BASE_S: Final = 45.0
 TIMING_PER_SECOND_S: Final = 6.0
 TIMING_IMAGE_EXTRA_S: Final = 15.0

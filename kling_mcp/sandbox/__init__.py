@@ -1,6 +1,6 @@
 """The sandbox gateway: Pixazo's HTTP contract implemented locally, rendering real placeholder MP4s.
 
-It is kling-mcp's offline mode and what every test runs against. ``shared/pixazo-api.md`` section 6 says what it
+It is kling-mcp's offline mode and what every test runs against. ``docs/pixazo-contract.md §11`` says what it
 must do. Importing this package does not load PyAV or Pillow; renders import them when they run.
 """
 

@@ -263,7 +263,7 @@ class SandboxGateway:
         return self._rng().randrange(n)
 
     def _timing(self, seconds: int, image: bool) -> tuple[float, float]:
-        """(queue, render) durations on the gateway clock: section 5's model, scaled and jittered."""
+        """(queue, render) on the gateway clock: the timing model of docs/pixazo-contract.md §8, scaled, jittered."""
         lo, hi = limits.TIMING_QUEUE_S
         estimate = limits.estimated_render_seconds(seconds, image=image)
         jitter = self.config.jitter

@@ -1,7 +1,7 @@
 """Placeholder clips: real H.264 MP4s that look nothing like a generated video, on purpose.
 
 Frames are drawn straight into yuv420p planes with Pillow: the RGB→YUV conversion through swscale was more than
-half the render time (shared/video-notes.md), and numpy is not a dependency. Each shot's static layer (gradient,
+half the render time (docs/media-notes.md §2), and numpy is not a dependency. Each shot's static layer (gradient,
 caption, labels) is drawn once in RGB, converted once, and only the moving square and the time label are drawn
 per frame.
 

@@ -1,4 +1,4 @@
-"""Request-body validation as the gateway does it (pixazo-api.md section 2), derived from ``kling_mcp.limits``.
+"""Request-body validation as the gateway does it (docs/pixazo-contract.md §3), derived from ``kling_mcp.limits``.
 
 Every rule raises ``InvalidInputError`` from the same ``limits.check_*`` helpers the server uses, so the
 sandbox's 400 texts and the server's own errors quote the same limits.
@@ -25,7 +25,7 @@ __all__ = [
 
 Endpoint = Literal["text_to_video", "image_to_video"]
 
-# Parameters other Kling versions take and this one does not (pixazo-api.md section 2); sending one is a
+# Parameters other Kling versions take and this one does not (docs/pixazo-contract.md §3); sending one is a
 # mistake worth telling the caller about rather than silently ignoring.
 UNSUPPORTED_FIELDS: tuple[str, ...] = (
     "negative_prompt",
@@ -159,7 +159,7 @@ def _prompt(value: object, field: str) -> str:
 
 
 def _whole_seconds(value: object, field: str) -> int:
-    """Pixazo's wanted type is unknown (pixazo-api.md: [U]), so 5, 5.0 and "5" are all taken."""
+    """Pixazo's wanted type is unknown (docs/pixazo-contract.md §3), so 5, 5.0 and "5" are all taken."""
     seconds: int | None = None
     if isinstance(value, bool):
         seconds = None
