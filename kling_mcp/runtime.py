@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -98,11 +99,13 @@ async def open_runtime(
     *,
     transport: httpx2.AsyncBaseTransport | None = None,
     listeners: Sequence[Listener] = (),
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Runtime]:
     """Builds the core and tears it down in order.
 
     The engine starts (and resumes what the ledger holds unfinished) with ``listeners`` already attached, so no
-    change made while resuming goes unseen.
+    change made while resuming goes unseen. ``clock`` stamps the ledger and drives the engine's time windows
+    (dedupe, submit grace); tests pass a fake one to stand exactly on a boundary.
     """
     async with AsyncExitStack() as stack:
         base_url = await _gateway_url(settings, stack, transport)
@@ -129,9 +132,11 @@ async def open_runtime(
             )
         )
         client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths, media_http=media_http)
-        store = Store(settings.resolved_state_dir / "ledger.sqlite3")
+        store = Store(settings.resolved_state_dir / "ledger.sqlite3", clock=clock)
         stack.callback(store.close)
-        engine = JobEngine(client, store, engine_config(settings), webhook_url_for=webhook_url_for(settings.public_url))
+        engine = JobEngine(
+            client, store, engine_config(settings), clock=clock, webhook_url_for=webhook_url_for(settings.public_url)
+        )
         for listener in listeners:
             engine.add_listener(listener)
         await stack.enter_async_context(engine.running())
