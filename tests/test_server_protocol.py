@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,33 @@ async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: st
 
 
 @pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
-async def test_logging_set_level_is_answered(settings: Settings) -> None:
-    async with Client(build_server(settings), mode="legacy") as client:
-        await client.set_logging_level("debug")
+async def test_logging_set_level_sets_how_much_the_server_logs(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_log = logging.getLogger("kling_mcp")
+    before = server_log.level
+    caplog.set_level(logging.DEBUG)  # the root passes everything, so only the level the client sets filters
+
+    def since(mark: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records[mark:] if r.name.startswith("kling_mcp")]
+
+    try:
+        async with Client(build_server(settings), mode="legacy") as client:
+            await client.set_logging_level("info")
+            # One ERROR, then a free resubmit: the engine notes the resubmit at INFO.
+            heard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] heard"})
+            noted = [r.levelname for r in since(0) if "resubmitting" in r.getMessage()]
+            mark = len(caplog.records)
+            await client.set_logging_level("error")
+            unheard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] unheard"})
+            below_error = [r.getMessage() for r in since(mark) if r.levelno < logging.ERROR]
+    finally:
+        server_log.setLevel(before)
+    assert noted == ["INFO"]
+    for result in (heard, unheard):
+        assert result.structured_content is not None
+        assert result.structured_content["attempts"] == 2
+    assert below_error == []
 
 
 async def test_legacy_initialize_advertises_list_changed_and_subscribe(settings: Settings) -> None:

@@ -246,6 +246,27 @@ async def test_error_jobs_are_resubmitted_free_then_reported_with_a_free_retry(
     assert sandbox.gateway.submit_count == 3
 
 
+async def test_an_error_after_an_inline_image_says_to_pass_a_public_url(settings: Settings, sandbox: Any) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 360), (30, 200, 30)).save(buffer, "PNG")
+    inline = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    async with Client(build_server(settings)) as client:
+        inlined = await client.call_tool("animate_image", {"image_url": inline, "prompt": "[sandbox:error] inline"})
+        plain = await client.call_tool("generate_video", {"prompt": "[sandbox:error] no image"})
+    advice = "may not accept inline (data:) images: pass a public https URL"
+    assert inlined.is_error
+    assert data_of(inlined)["status"] == "error"
+    assert advice in text_of(inlined)
+    assert advice in (data_of(inlined)["error"] or "")
+    assert plain.is_error
+    assert "data:" not in text_of(plain)  # the advice is for inline images only
+
+
 async def test_an_error_once_job_recovers_on_its_automatic_retry(settings: Settings, sandbox: Any) -> None:
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] flaky"})
