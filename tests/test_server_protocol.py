@@ -68,11 +68,33 @@ async def test_tool_schemas_match_the_checked_in_snapshot(settings: Settings) ->
         t.name: {"title": t.title, "input": t.input_schema, "output": t.output_schema, "description": t.description}
         for t in tools
     }
-    text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+    check_snapshot(json.dumps(current, indent=2, sort_keys=True) + "\n", SNAPSHOT)
+
+
+def check_snapshot(text: str, path: Path) -> None:
+    """Compares with the checked-in snapshot. Updating is never a pass: the run that rewrites the file fails."""
     if os.environ.get("KLING_MCP_UPDATE_SNAPSHOTS") == "1":
-        SNAPSHOT.parent.mkdir(exist_ok=True)
-        SNAPSHOT.write_text(text)
-    assert text == SNAPSHOT.read_text(), "tool schemas changed: review, then KLING_MCP_UPDATE_SNAPSHOTS=1"
+        old = path.read_text() if path.is_file() else None
+        if old == text:
+            pytest.fail(f"{path.name} is up to date; unset KLING_MCP_UPDATE_SNAPSHOTS to run the check")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        pytest.fail(f"rewrote {path.name} (KLING_MCP_UPDATE_SNAPSHOTS=1): review the diff, then run again without it")
+    assert text == path.read_text(), "tool schemas changed: review, then KLING_MCP_UPDATE_SNAPSHOTS=1"
+
+
+def test_updating_a_snapshot_writes_it_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshot = tmp_path / "snapshots" / "tools.json"
+    monkeypatch.setenv("KLING_MCP_UPDATE_SNAPSHOTS", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"rewrote tools\.json"):
+        check_snapshot("new\n", snapshot)
+    assert snapshot.read_text() == "new\n"
+    with pytest.raises(pytest.fail.Exception, match="up to date"):
+        check_snapshot("new\n", snapshot)
+    monkeypatch.delenv("KLING_MCP_UPDATE_SNAPSHOTS")
+    check_snapshot("new\n", snapshot)
+    with pytest.raises(AssertionError, match="tool schemas changed"):
+        check_snapshot("changed\n", snapshot)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
