@@ -206,12 +206,25 @@ async def test_progress_rises_with_readable_messages_while_waiting(settings: Set
 
 
 async def test_cancelling_a_call_stops_the_wait_not_the_job(settings: Settings, sandbox: Any) -> None:
+    waiting = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        waiting.set()  # the first progress report comes from inside the wait, after the submit
+
     with anyio.fail_after(30):
         async with Client(build_server(settings), mode="legacy") as client:
-            with anyio.move_on_after(0.5):
-                await client.call_tool(
-                    "generate_video", {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 60}
-                )
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    await client.call_tool(
+                        "generate_video",
+                        {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 60},
+                        progress_callback=on_progress,
+                    )
+
+                tg.start_soon(call)
+                await waiting.wait()
+                tg.cancel_scope.cancel()
             (job,) = sandbox.gateway.jobs.values()
             sandbox.gateway.finish(job.request_id)
             result = await client.call_tool("check_status", {"request_id": job.request_id, "wait_seconds": 20})
