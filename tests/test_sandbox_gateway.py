@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1175,7 +1175,7 @@ async def test_leaving_the_gateway_stops_a_running_render_quickly_and_leaves_no_
     rendering = threading.Event()
     answers: list[bool] = []  # what the render heard each time it asked whether to stop, once per frame
     ended: list[str] = []
-    real = gateway_module._render_job
+    real: Callable[..., int] = gateway_module._render_job
 
     def watched_render(*args: Any) -> int:
         *rest, should_stop = args
