@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: htt
     return served.base_url
 
 
-def _open_blocking(settings: Settings) -> tuple[ssl.SSLContext, Store]:
-    return tls_context(), Store(settings.resolved_state_dir / "ledger.sqlite3")
+def _open_blocking(settings: Settings, clock: Callable[[], float]) -> tuple[ssl.SSLContext, Store]:
+    return tls_context(), Store(settings.resolved_state_dir / "ledger.sqlite3", clock=clock)
 
 
 @asynccontextmanager
@@ -104,16 +105,18 @@ async def open_runtime(
     *,
     transport: httpx2.AsyncBaseTransport | None = None,
     listeners: Sequence[Listener] = (),
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Runtime]:
     """Builds the core and tears it down in order.
 
     The engine starts (and resumes what the ledger holds unfinished) with ``listeners`` already attached, so no
-    change made while resuming goes unseen.
+    change made while resuming goes unseen. ``clock`` stamps the ledger and drives the engine's time windows
+    (dedupe, submit grace); tests pass a fake one to stand exactly on a boundary.
     """
     async with AsyncExitStack() as stack:
         # The blocking parts (the trust store, the ledger's file and schema) run off the event loop, which is
         # answering the client's first requests meanwhile.
-        tls, store = await anyio.to_thread.run_sync(_open_blocking, settings)
+        tls, store = await anyio.to_thread.run_sync(_open_blocking, settings, clock)
         stack.callback(store.close)
         base_url = await _gateway_url(settings, stack, transport)
         if not settings.live:
@@ -141,7 +144,9 @@ async def open_runtime(
             )
         )
         client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths, media_http=media_http)
-        engine = JobEngine(client, store, engine_config(settings), webhook_url_for=webhook_url_for(settings.public_url))
+        engine = JobEngine(
+            client, store, engine_config(settings), clock=clock, webhook_url_for=webhook_url_for(settings.public_url)
+        )
         for listener in listeners:
             engine.add_listener(listener)
         await stack.enter_async_context(engine.running())

@@ -7,6 +7,11 @@ from typing import Any
 import pytest
 
 from kling_mcp.config import Settings
+from tests.support.ci_skips import pytest_runtest_makereport  # a hook: CI turns every skip into a failure
+
+pytest_plugins = ("pytester",)  # tests/test_ci_skips.py runs pytest on a scratch project
+
+__all__ = ["pytest_runtest_makereport"]
 
 # Fast enough that a 15 s clip "renders" in well under a second, slow enough that states are observable.
 TEST_TIME_SCALE = 2000.0

@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from kling_mcp.config import Settings
 from kling_mcp.sandbox.server import serve_asgi
 from kling_mcp.server import build_server, http_security
+from kling_mcp.server.http import WEBHOOK_MAX_BYTES
 from tests.support.procs import server_env
 
 pytestmark = pytest.mark.anyio
@@ -164,6 +165,42 @@ async def test_forged_replayed_and_malformed_webhooks_change_nothing(settings: S
         ]
     assert [r.status_code for r in (forged, replayed, malformed, not_object, oversized)] == [404, 409, 400, 400, 413]
     assert statuses == ["processing", "processing"] or set(statuses) <= {"queued", "processing"}
+
+
+async def test_webhook_bodies_are_capped_however_they_arrive(settings: Settings, sandbox: Any) -> None:
+    async with webhook_server(settings) as (base, _), mcp_client(base) as client:
+        made = (
+            await client.call_tool("generate_video", {"prompt": "[sandbox:hold] capped", "wait_seconds": 0})
+        ).structured_content
+        assert made is not None
+        url = sandbox.gateway.jobs[made["request_id"]].webhook_url
+        valid = json.dumps({"request_id": made["request_id"], "status": "PROCESSING"}).encode()
+
+        def padded(size: int) -> bytes:
+            return valid + b" " * (size - len(valid))  # JSON allows trailing whitespace: still a valid webhook
+
+        async def chunked(body: bytes) -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 8192):
+                yield body[start : start + 8192]
+
+        async with httpx2.AsyncClient() as http:
+            at_cap = await http.post(url, content=padded(WEBHOOK_MAX_BYTES))
+            over_cap = await http.post(url, content=padded(WEBHOOK_MAX_BYTES + 1))
+            # No Content-Length: only counting the bytes as they arrive can refuse it.
+            chunked_at_cap = await http.post(url, content=chunked(padded(WEBHOOK_MAX_BYTES)))
+            chunked_over_cap = await http.post(url, content=chunked(padded(WEBHOOK_MAX_BYTES + 1)))
+        # A claim of a gigabyte is refused on the headers alone: the server must not wait for a body that large.
+        target = httpx2.URL(url)
+        async with await anyio.connect_tcp(target.host, target.port or 80) as raw:
+            head = f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.netloc.decode()}\r\n"
+            await raw.send((head + "Content-Length: 1000000000\r\nConnection: close\r\n\r\n{").encode())
+            with anyio.fail_after(10):
+                answer = await raw.receive()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert "content-length" not in chunked_over_cap.request.headers
+    assert chunked_over_cap.request.headers["transfer-encoding"] == "chunked"
+    assert [r.status_code for r in (at_cap, over_cap, chunked_at_cap, chunked_over_cap)] == [200, 413, 200, 413]
+    assert at_cap.json()["detail"] == "ok"
 
 
 # --- secrets -----------------------------------------------------------------------------------------------------

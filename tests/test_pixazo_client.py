@@ -77,11 +77,8 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
 
 async def until_done(rig: Rig, request_id: str, polling_url: str | None = None) -> GatewayStatus:
     with anyio.fail_after(20):
-        while True:
-            status = await rig.client.status(request_id, polling_url=polling_url)
-            if status.status in ("completed", "failed", "error"):
-                return status
-            await anyio.sleep(0.01)
+        await rig.gateway.wait_settled(request_id)
+    return await rig.client.status(request_id, polling_url=polling_url)
 
 
 async def test_a_submit_runs_through_queued_to_completed_and_downloads_a_real_mp4(rig: Rig, tmp_path: Path) -> None:
@@ -182,14 +179,14 @@ async def test_status_polls_retry_through_5xx_and_challenge_pages_then_succeed(r
     assert caught.value.status_code == 403
     faults.rate_challenge = 0.5
     with anyio.fail_after(20):
+        await rig.gateway.wait_settled(sub.request_id)
         while True:
             try:
                 status = await rig.client.status(sub.request_id)
             except ChallengePageError:
                 continue  # four challenges in a row: possible at this rate, and not what is under test
-            if status.status == "completed":
-                break
-            await anyio.sleep(0.01)
+            break
+    assert status.status == "completed"
     assert len(rig.sleeps) >= 6
 
 

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +38,7 @@ from kling_mcp.config import DEFAULT_I2V_PATH, DEFAULT_STATUS_PATH, DEFAULT_T2V_
 from kling_mcp.sandbox import Faults, SandboxConfig, SandboxGateway, create_app, serve_sandbox
 from kling_mcp.sandbox import gateway as gateway_module
 from kling_mcp.sandbox.ids import uuid7
+from kling_mcp.sandbox.render import RenderCancelled
 from kling_mcp.sandbox.server import serve_asgi
 from kling_mcp.sandbox.validation import UNSUPPORTED_FIELDS, BadRequest, parse_submit
 
@@ -1171,26 +1172,42 @@ async def test_failed_and_error_jobs_are_not_rendered(tmp_path: Path) -> None:
 async def test_leaving_the_gateway_stops_a_running_render_quickly_and_leaves_no_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started = threading.Event()
-    real = gateway_module._render_job
+    rendering = threading.Event()
+    answers: list[bool] = []  # what the render heard each time it asked whether to stop, once per frame
+    ended: list[str] = []
+    real: Callable[..., int] = gateway_module._render_job
 
-    def signalling_render(*args: Any) -> int:
-        started.set()
-        return real(*args)
+    def watched_render(*args: Any) -> int:
+        *rest, should_stop = args
 
-    monkeypatch.setattr(gateway_module, "_render_job", signalling_render)
-    # 1080p 15 s at 30 fps takes several seconds to render here
-    app = create_app(SandboxConfig(media_dir=tmp_path, render_size=(1920, 1080), fps=30))
+        def asked() -> bool:
+            answers.append(should_stop())
+            rendering.set()
+            return answers[-1]
+
+        try:
+            frames = real(*rest, asked)
+        except RenderCancelled:
+            ended.append("cancelled")
+            raise
+        ended.append(f"finished {frames} frames")
+        return frames
+
+    monkeypatch.setattr(gateway_module, "_render_job", watched_render)
+    fps = 30
+    app = create_app(SandboxConfig(media_dir=tmp_path, render_size=(1920, 1080), fps=fps))
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url=BASE) as client:
         with anyio.fail_after(WAIT):
             async with app.state.gateway:
                 body = {"prompt": "a long one", "duration": limits.DURATION_MAX_S}
                 assert (await client.post(DEFAULT_T2V_PATH, json=body, headers={KEY_HEADER: KEY})).status_code == 202
-                assert await anyio.to_thread.run_sync(started.wait, WAIT)
-                leaving = anyio.current_time()
-        elapsed = anyio.current_time() - leaving
+                assert await anyio.to_thread.run_sync(rendering.wait, WAIT)
 
-    assert elapsed < 1.0
+    # Leaving waited for the render thread; it stopped at the first frame after the stop, long before the end.
+    assert ended == ["cancelled"]
+    assert answers.count(True) == 1
+    assert answers[-1] is True
+    assert len(answers) < limits.DURATION_MAX_S * fps
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,33 @@ async def test_tool_schemas_match_the_checked_in_snapshot(settings: Settings) ->
         t.name: {"title": t.title, "input": t.input_schema, "output": t.output_schema, "description": t.description}
         for t in tools
     }
-    text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+    check_snapshot(json.dumps(current, indent=2, sort_keys=True) + "\n", SNAPSHOT)
+
+
+def check_snapshot(text: str, path: Path) -> None:
+    """Compares with the checked-in snapshot. Updating is never a pass: the run that rewrites the file fails."""
     if os.environ.get("KLING_MCP_UPDATE_SNAPSHOTS") == "1":
-        SNAPSHOT.parent.mkdir(exist_ok=True)
-        SNAPSHOT.write_text(text)
-    assert text == SNAPSHOT.read_text(), "tool schemas changed: review, then KLING_MCP_UPDATE_SNAPSHOTS=1"
+        old = path.read_text() if path.is_file() else None
+        if old == text:
+            pytest.fail(f"{path.name} is up to date; unset KLING_MCP_UPDATE_SNAPSHOTS to run the check")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        pytest.fail(f"rewrote {path.name} (KLING_MCP_UPDATE_SNAPSHOTS=1): review the diff, then run again without it")
+    assert text == path.read_text(), "tool schemas changed: review, then KLING_MCP_UPDATE_SNAPSHOTS=1"
+
+
+def test_updating_a_snapshot_writes_it_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshot = tmp_path / "snapshots" / "tools.json"
+    monkeypatch.setenv("KLING_MCP_UPDATE_SNAPSHOTS", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"rewrote tools\.json"):
+        check_snapshot("new\n", snapshot)
+    assert snapshot.read_text() == "new\n"
+    with pytest.raises(pytest.fail.Exception, match="up to date"):
+        check_snapshot("new\n", snapshot)
+    monkeypatch.delenv("KLING_MCP_UPDATE_SNAPSHOTS")
+    check_snapshot("new\n", snapshot)
+    with pytest.raises(AssertionError, match="tool schemas changed"):
+        check_snapshot("changed\n", snapshot)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -156,9 +179,33 @@ async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: st
 
 
 @pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
-async def test_logging_set_level_is_answered(settings: Settings) -> None:
-    async with Client(build_server(settings), mode="legacy") as client:
-        await client.set_logging_level("debug")
+async def test_logging_set_level_sets_how_much_the_server_logs(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_log = logging.getLogger("kling_mcp")
+    before = server_log.level
+    caplog.set_level(logging.DEBUG)  # the root passes everything, so only the level the client sets filters
+
+    def since(mark: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records[mark:] if r.name.startswith("kling_mcp")]
+
+    try:
+        async with Client(build_server(settings), mode="legacy") as client:
+            await client.set_logging_level("info")
+            # One ERROR, then a free resubmit: the engine notes the resubmit at INFO.
+            heard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] heard"})
+            noted = [r.levelname for r in since(0) if "resubmitting" in r.getMessage()]
+            mark = len(caplog.records)
+            await client.set_logging_level("error")
+            unheard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] unheard"})
+            below_error = [r.getMessage() for r in since(mark) if r.levelno < logging.ERROR]
+    finally:
+        server_log.setLevel(before)
+    assert noted == ["INFO"]
+    for result in (heard, unheard):
+        assert result.structured_content is not None
+        assert result.structured_content["attempts"] == 2
+    assert below_error == []
 
 
 async def test_legacy_initialize_advertises_list_changed_and_subscribe(settings: Settings) -> None:

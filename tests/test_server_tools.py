@@ -206,12 +206,25 @@ async def test_progress_rises_with_readable_messages_while_waiting(settings: Set
 
 
 async def test_cancelling_a_call_stops_the_wait_not_the_job(settings: Settings, sandbox: Any) -> None:
+    waiting = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        waiting.set()  # the first progress report comes from inside the wait, after the submit
+
     with anyio.fail_after(30):
         async with Client(build_server(settings), mode="legacy") as client:
-            with anyio.move_on_after(0.5):
-                await client.call_tool(
-                    "generate_video", {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 60}
-                )
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    await client.call_tool(
+                        "generate_video",
+                        {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 60},
+                        progress_callback=on_progress,
+                    )
+
+                tg.start_soon(call)
+                await waiting.wait()
+                tg.cancel_scope.cancel()
             (job,) = sandbox.gateway.jobs.values()
             sandbox.gateway.finish(job.request_id)
             result = await client.call_tool("check_status", {"request_id": job.request_id, "wait_seconds": 20})
@@ -244,6 +257,27 @@ async def test_error_jobs_are_resubmitted_free_then_reported_with_a_free_retry(
     assert data["retry_free"] is True
     assert data["attempts"] == 3  # the first try and two free automatic retries
     assert sandbox.gateway.submit_count == 3
+
+
+async def test_an_error_after_an_inline_image_says_to_pass_a_public_url(settings: Settings, sandbox: Any) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 360), (30, 200, 30)).save(buffer, "PNG")
+    inline = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    async with Client(build_server(settings)) as client:
+        inlined = await client.call_tool("animate_image", {"image_url": inline, "prompt": "[sandbox:error] inline"})
+        plain = await client.call_tool("generate_video", {"prompt": "[sandbox:error] no image"})
+    advice = "may not accept inline (data:) images: pass a public https URL"
+    assert inlined.is_error
+    assert data_of(inlined)["status"] == "error"
+    assert advice in text_of(inlined)
+    assert advice in (data_of(inlined)["error"] or "")
+    assert plain.is_error
+    assert "data:" not in text_of(plain)  # the advice is for inline images only
 
 
 async def test_an_error_once_job_recovers_on_its_automatic_retry(settings: Settings, sandbox: Any) -> None:
