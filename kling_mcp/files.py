@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = ["replacing", "safe_component", "safe_name", "stale_temps", "temp_path"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_TOKEN_BYTES = 4  # 8 hex digits: writers racing for one destination never pick the same temporary file
 
 
 def safe_component(text: str) -> str:
@@ -32,12 +33,14 @@ def safe_name(text: str, *, limit: int = 80) -> str:
 
 def temp_path(dest: Path) -> Path:
     """A fresh temporary sibling of ``dest``, hidden (leading dot) so listings of finished files skip it."""
-    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(_TOKEN_BYTES)}.part")
 
 
 def stale_temps(dest: Path) -> list[Path]:
     """The temporary siblings of ``dest`` that :func:`temp_path` made and nobody renamed or removed."""
-    return sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*.part"))
+    # Exactly the token, not "*": that would also match the temporary files of "<name>.<more>" destinations.
+    token = "[0-9a-f]" * (2 * _TOKEN_BYTES)
+    return sorted(dest.parent.glob(f".{glob.escape(dest.name)}.{token}.part"))
 
 
 @contextmanager
