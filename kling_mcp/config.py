@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from kling_mcp.errors import ConfigurationError
+from kling_mcp.render_size import is_render_size
 
 Mode = Literal["auto", "live", "sandbox"]
 
@@ -154,7 +155,7 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise ConfigurationError(
             f"KLING_MCP_SANDBOX_RENDER_SIZE={text!r} is not WIDTHxHEIGHT.", hint="Use e.g. 320x180."
         ) from None
-    if w < 16 or h < 16 or w % 2 or h % 2:
+    if not is_render_size(w, h):
         raise ConfigurationError(
             f"KLING_MCP_SANDBOX_RENDER_SIZE={text!r} must be even sides of at least 16 px.",
             hint="Use e.g. 320x180.",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from kling_mcp.errors import (
     KlingError,
     NotFoundError,
 )
+from kling_mcp.files import safe_component, stale_temps
 from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient, parse_status
 from kling_mcp.store import Guards, Job, Store, owner_is_dead
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Job], Awaitable[None]]
 
 _JITTER = random.Random()  # own instance: jitter must not consume (or be steered by) the global generator
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -384,9 +382,9 @@ class JobEngine:
         if claimed is None:
             await anyio.sleep(self.config.poll_interval)  # another process has it; look again later
             return await self.store.get(job.job_id)
-        dest = self.config.output_dir / (_SAFE_NAME.sub("_", job.id) + ".mp4")
+        dest = self.config.output_dir / (safe_component(job.id) + ".mp4")
         # Partial files of an attempt whose process was killed: the claim makes them ours to remove.
-        for stale in self.config.output_dir.glob(f".{dest.name}.*.part"):
+        for stale in stale_temps(dest):
             stale.unlink(missing_ok=True)
         try:
             with anyio.fail_after(lease * 0.9):

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from kling_mcp.errors import (
     RateLimitError,
     UpstreamServerError,
 )
+from kling_mcp.files import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class PixazoClient:
 
     async def _download_once(self, url: str, dest: Path, max_bytes: int | None) -> Download:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        tmp = temp_path(dest)
         digest = hashlib.sha256()
         size = 0
         try:

@@ -7,7 +7,6 @@ time, so a long concat never stalls the event loop or other calls.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -15,21 +14,15 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from kling_mcp.errors import InvalidInputError, JobError
+from kling_mcp.files import safe_name
+from kling_mcp.store import Job
 
 if TYPE_CHECKING:
     from kling_mcp.media import ConcatResult
-from kling_mcp.store import Job
 
 T = TypeVar("T")
 
 PREVIEW_MAX_BYTES = 200_000
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, *, limit: int = 80) -> str:
-    """A file name made only of safe characters: ids and titles never choose a path."""
-    name = _SAFE.sub("_", text).strip("._")[:limit]
-    return name or "untitled"
 
 
 class MediaWorker:

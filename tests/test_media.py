@@ -24,7 +24,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from kling_mcp import media
 from kling_mcp.errors import InvalidInputError
-from kling_mcp.media import MediaError
+from kling_mcp.media import MediaError, _concat, _frames, _reencode
 
 ROOT = Path(__file__).resolve().parent.parent
 _LEVELS = (30, 110, 190)
@@ -280,7 +280,7 @@ def test_last_frame_falls_back_to_a_full_decode_when_the_seek_finds_nothing(
     ) -> None:
         container.seek(10**9, stream=stream, backward=False)
 
-    monkeypatch.setattr(media, "_seek", seek_past_the_end)
+    monkeypatch.setattr(_frames, "_seek", seek_past_the_end)
     clip = clips["land"]
     assert solid_diff(media.last_frame_image(clip.path), clip.colours[-1]) < TOLERANCE
 
@@ -565,14 +565,14 @@ def test_a_failed_concat_keeps_the_previous_output_and_leaves_no_temporary_file(
         return wrapper
 
     if reencode:
-        monkeypatch.setattr(media._VideoJoin, "emit", failing(media._VideoJoin.emit))
+        monkeypatch.setattr(_reencode._VideoJoin, "emit", failing(_reencode._VideoJoin.emit))
     else:
 
         def copy_then_crash(paths: object, tmp: Path, fmt: str) -> None:
             tmp.write_bytes(b"partial")  # half a file on disk, as a real failure would leave
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(media, "_concat_copy", copy_then_crash)
+        monkeypatch.setattr(_concat, "_concat_copy", copy_then_crash)
     with pytest.raises(MediaError, match="No space left on device"):
         media.concat([clips["land"].path, clips["land2"].path], target, reencode=reencode)
     assert target.read_bytes() == b"previous"

@@ -1,4 +1,5 @@
-"""The sandbox gateway's state: jobs, balances, timing, renders and webhooks. HTTP lives in ``app.py``.
+"""The sandbox gateway's state: the job table, balances, timing and renders. HTTP lives in ``app.py``, what a
+job is and the JSON it answers in ``model.py``, webhook delivery in ``webhooks.py``.
 
 A job's status is a function of the clock, computed when asked: nothing has to tick for a poll to see
 QUEUED, PROCESSING or a terminal state, so tests drive time with an injected clock. A background task still
@@ -15,14 +16,12 @@ import random
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, get_args
-from urllib.parse import urlsplit
+from typing import Any, Self
 
 import anyio
 import httpx2
@@ -33,9 +32,26 @@ from kling_mcp.config import I2V_API_ID, T2V_API_ID
 from kling_mcp.errors import InvalidInputError
 from kling_mcp.sandbox import ids
 from kling_mcp.sandbox.images import check_image_bytes, load_image
+from kling_mcp.sandbox.model import (
+    MODERATION_ERROR,
+    OUTCOMES,
+    PHASES,
+    RENDER_ERROR,
+    SYSTEM_ERROR,
+    InsufficientBalance,
+    Job,
+    Outcome,
+    Phase,
+    WebhookDelivery,
+    job_summary,
+    plan,
+    status_payload,
+    styled,
+)
 from kling_mcp.sandbox.render import RenderCancelled
-from kling_mcp.sandbox.settings import Faults, SandboxConfig, StatusStyle
-from kling_mcp.sandbox.validation import BadRequest, Endpoint, ParsedRequest, parse_submit
+from kling_mcp.sandbox.settings import Faults, SandboxConfig
+from kling_mcp.sandbox.validation import BadRequest, Endpoint, check_webhook_url, parse_submit
+from kling_mcp.sandbox.webhooks import deliver_webhook
 
 __all__ = [
     "OUTCOMES",
@@ -49,100 +65,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["COMPLETED", "FAILED", "ERROR"]
-Phase = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "ERROR"]
-OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
-PHASES: tuple[Phase, ...] = get_args(Phase)
-
-TRIGGER_FAIL = "[sandbox:fail]"
-TRIGGER_ERROR = "[sandbox:error]"
-TRIGGER_ERROR_ONCE = "[sandbox:error-once]"
-TRIGGER_HOLD = "[sandbox:hold]"
-
-MODERATION_ERROR = "Content moderation: prompt rejected"
-GENERATION_ERROR = "Generation failed: the model could not produce a video for this input"
-SYSTEM_ERROR = "Internal error while generating the video; not charged, safe to retry"
-RENDER_ERROR = "Internal error: the video could not be encoded; not charged, safe to retry"
-
 _API_IDS: dict[Endpoint, str] = {"text_to_video": T2V_API_ID, "image_to_video": I2V_API_ID}
-_STYLED: dict[StatusStyle, dict[Phase, str]] = {
-    "upper": {p: p for p in PHASES},
-    "lower": {p: p.lower() for p in PHASES},
-    "in_queue": {**{p: p for p in PHASES}, "QUEUED": "IN_QUEUE", "PROCESSING": "IN_PROGRESS"},
-}
 # How often unpolled jobs are looked at. Only bounds webhook latency and refunds; polls never wait for it.
 _TICK_S = 0.05
-
-
-class InsufficientBalance(Exception):
-    """A 402 answer: the key's balance is below the clip's length."""
-
-
-@dataclass(frozen=True)
-class WebhookDelivery:
-    attempt: int
-    url: str
-    status_code: int | None
-    error: str | None
-    at: float  # gateway clock
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-@dataclass(eq=False)
-class Job:
-    request_id: str
-    endpoint: Endpoint
-    key: str
-    body: dict[str, Any]
-    request: ParsedRequest
-    size: tuple[int, int]
-    image: bytes | None
-    outcome: Outcome
-    error: str | None
-    hold: bool
-    submitted_at: float  # gateway clock, like every float time below
-    queued_until: float
-    done_at: float
-    created_at: datetime
-    base_url: str
-    webhook_url: str | None
-    charged_s: float
-    refunded_s: float = 0.0
-    status_requests: int = 0  # every authorised status request for this id, faulted or not
-    status_polls: int = 0  # the ones answered with the job's status
-    media_requests: int = 0
-    webhook_deliveries: list[WebhookDelivery] = field(default_factory=list)
-    render_started: bool = False
-    media_path: Path | None = None
-    rendered_at: float | None = None
-    render_error: str | None = None
-    terminal: Phase | None = None
-    completed_at: datetime | None = None
-    rendered: anyio.Event = field(default_factory=anyio.Event)
-    settled: anyio.Event = field(default_factory=anyio.Event)
-    webhooks_done: anyio.Event = field(default_factory=anyio.Event)
-
-    @property
-    def seconds(self) -> int:
-        return self.request.seconds
-
-    def phase(self, now: float) -> Phase:
-        if self.terminal is not None:
-            return self.terminal
-        if now < self.queued_until:
-            return "QUEUED"
-        if self.hold or now < self.done_at:
-            return "PROCESSING"
-        if self.outcome == "COMPLETED" and not self.rendered.is_set():
-            return "PROCESSING"  # the gateway never says COMPLETED before the file exists
-        return self.outcome
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _mask(key: str) -> str:
@@ -320,22 +245,11 @@ class SandboxGateway:
             raise RuntimeError("SandboxGateway is not running: enter it with `async with gateway:` first")
         body, request = parse_submit(raw_body, endpoint)
         if webhook_url is not None:
-            parts = urlsplit(webhook_url)
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise BadRequest(
-                    "Invalid X-Webhook-URL",
-                    f"X-Webhook-URL must be an http(s) URL; got {webhook_url[:200]!r}.",
-                )
-        image: bytes | None = None
-        if request.image_url is not None:
-            try:
-                image = await load_image(request.image_url, self._http, limit_s=self.config.image_fetch_timeout_s)
-                await anyio.to_thread.run_sync(check_image_bytes, image)
-            except InvalidInputError as exc:
-                raise BadRequest.from_invalid(exc) from None
+            check_webhook_url(webhook_url)
+        image = None if request.image_url is None else await self._fetch_image(request.image_url, self._http)
         self._charge(key, request.seconds)
 
-        outcome, error, hold = self._plan(key, endpoint, body, request)
+        outcome, error, hold = plan(key, endpoint, body, request, self.faults, self.roll, self._error_once_seen)
         now = self.now()
         queue_s, render_s = self._timing(request.seconds, image is not None)
         job = Job(
@@ -365,26 +279,13 @@ class SandboxGateway:
         log.info("job %s created: %s s, outcome %s%s", job.request_id, job.seconds, outcome, " (held)" if hold else "")
         return job
 
-    def _plan(
-        self, key: str, endpoint: Endpoint, body: Mapping[str, Any], request: ParsedRequest
-    ) -> tuple[Outcome, str | None, bool]:
-        text = "\n".join(request.prompts)
-        hold = TRIGGER_HOLD in text
-        if TRIGGER_FAIL in text:
-            return "FAILED", MODERATION_ERROR, hold
-        if TRIGGER_ERROR_ONCE in text:
-            fingerprint = json.dumps([key, endpoint, body], sort_keys=True, ensure_ascii=False)
-            if fingerprint not in self._error_once_seen:
-                self._error_once_seen.add(fingerprint)
-                return "ERROR", SYSTEM_ERROR, hold
-            return "COMPLETED", None, hold
-        if TRIGGER_ERROR in text:
-            return "ERROR", SYSTEM_ERROR, hold
-        if self.roll(self.faults.rate_failed):
-            return "FAILED", GENERATION_ERROR, hold
-        if self.roll(self.faults.rate_error):
-            return "ERROR", SYSTEM_ERROR, hold
-        return "COMPLETED", None, hold
+    async def _fetch_image(self, url: str, http: httpx2.AsyncClient) -> bytes:
+        try:
+            image = await load_image(url, http, limit_s=self.config.image_fetch_timeout_s)
+            await anyio.to_thread.run_sync(check_image_bytes, image)
+        except InvalidInputError as exc:
+            raise BadRequest.from_invalid(exc) from None
+        return image
 
     # --- lookups and admin ----------------------------------------------------------------------------------
 
@@ -423,26 +324,10 @@ class SandboxGateway:
     def status_body(self, job: Job, *, base_url: str | None = None) -> dict[str, Any]:
         """The JSON the status route answers for ``job`` now (and the webhook payload once it has ended)."""
         self._settle(job)
-        phase = job.phase(self.now())
-        body: dict[str, Any] = {
-            "request_id": job.request_id,
-            "status": _STYLED[self.faults.status_style][phase],
-        }
-        if phase == "COMPLETED":
-            url = f"{(base_url or job.base_url).rstrip('/')}/media/{job.request_id}.mp4"
-            body["output"] = {
-                "media_url": url if self.faults.media_url_as_string else [url],
-                "media_type": "video/mp4",
-            }
-        elif phase in ("FAILED", "ERROR"):
-            body["error"] = job.error
-        body["created_at"] = _iso(job.created_at)
-        if job.completed_at is not None:
-            body["completed_at"] = _iso(job.completed_at)
-        return body
+        return status_payload(job, job.phase(self.now()), self.faults, base_url or job.base_url)
 
     def styled(self, phase: Phase) -> str:
-        return _STYLED[self.faults.status_style][phase]
+        return styled(phase, self.faults.status_style)
 
     def stats(self) -> dict[str, Any]:
         self.settle_all()
@@ -466,24 +351,7 @@ class SandboxGateway:
 
     def job_summary(self, job: Job) -> dict[str, Any]:
         self._settle(job)
-        return {
-            "request_id": job.request_id,
-            "endpoint": job.endpoint,
-            "body": job.body,
-            "status": job.phase(self.now()),
-            "outcome": job.outcome,
-            "hold": job.hold,
-            "seconds": job.seconds,
-            "charged_s": job.charged_s,
-            "refunded_s": job.refunded_s,
-            "status_polls": job.status_polls,
-            "status_requests": job.status_requests,
-            "media_requests": job.media_requests,
-            "rendered": job.rendered.is_set(),
-            "webhook_deliveries": [
-                {"attempt": d.attempt, "status_code": d.status_code, "error": d.error} for d in job.webhook_deliveries
-            ],
-        }
+        return job_summary(job, job.phase(self.now()))
 
     # --- waiting (for tests and callers that hold the gateway) ------------------------------------------------
 
@@ -579,31 +447,8 @@ class SandboxGateway:
     # --- webhooks -------------------------------------------------------------------------------------------
 
     async def _deliver_webhook(self, job: Job) -> None:
-        assert job.webhook_url is not None
         assert self._http is not None
-        payload = json.dumps(self.status_body(job)).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "kling-mcp-sandbox-gateway"}
-        attempts = self.config.webhook_attempts
-        try:
-            for attempt in range(1, attempts + 1):
-                status: int | None = None
-                error: str | None = None
-                try:
-                    response = await self._http.post(
-                        job.webhook_url, content=payload, headers=headers, timeout=self.config.webhook_timeout_s
-                    )
-                    status = response.status_code
-                except httpx2.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                delivery = WebhookDelivery(attempt, job.webhook_url, status, error, self.now())
-                job.webhook_deliveries.append(delivery)
-                if delivery.ok:
-                    return
-                log.info("webhook for %s attempt %d failed: %s", job.request_id, attempt, error or status)
-                if attempt < attempts:
-                    await anyio.sleep(self.config.webhook_backoff_s * 2 ** (attempt - 1))
-        finally:
-            job.webhooks_done.set()
+        await deliver_webhook(self._http, job, json.dumps(self.status_body(job)).encode(), self.config, self.now)
 
 
 def _render_job(

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import textwrap
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kling_mcp.files import replacing
+from kling_mcp.render_size import MIN_SIDE, is_render_size
+
 if TYPE_CHECKING:
+    from av.container import OutputContainer
     from PIL import Image, ImageFont
 
 __all__ = ["RenderCancelled", "render_placeholder"]
@@ -81,6 +85,10 @@ def _rgb_to_limited_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     )
 
 
+_SQUARE_YUV = _rgb_to_limited_yuv(_SQUARE_RGB)
+_WHITE_LUMA = 235  # white in limited range
+
+
 class _Planes:
     """A yuv420p picture as three Pillow "L" images, each as wide as the frame's padded line size."""
 
@@ -130,18 +138,30 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return ImageOps.fit(image.convert("RGB"), size, method=Image.Resampling.BICUBIC)
 
 
-def _static_layer(
-    index: int,
-    count: int,
-    caption: str,
-    size: tuple[int, int],
-    background: Image.Image | None,
-    time_box: tuple[int, int, int, int],
-) -> Image.Image:
+@dataclass(frozen=True)
+class _Layout:
+    """Where things go in a frame of one size: caption and label font sizes, the moving square, the time label."""
+
+    width: int
+    height: int
+    font_size: int
+    label_font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    square: int
+    time_box: tuple[int, int, int, int]
+
+    @classmethod
+    def for_size(cls, size: tuple[int, int]) -> _Layout:
+        w, h = size
+        fs = max(12, min(w, h) // 14)
+        label_w = min(w, 6 * fs)
+        return cls(w, h, fs, _font(max(10, fs // 2)), max(2, min(w, h) // 8), (w - label_w, h - fs - fs // 4, w, h))
+
+
+def _static_layer(index: int, count: int, caption: str, layout: _Layout, background: Image.Image | None) -> Image.Image:
     from PIL import Image, ImageDraw
 
-    w, h = size
-    fs = max(12, min(w, h) // 14)
+    size = w, h = layout.width, layout.height
+    fs = layout.font_size
     if background is None:
         top, bottom = _PALETTE[index % len(_PALETTE)]
         bg = Image.composite(
@@ -166,11 +186,58 @@ def _static_layer(
         stroke_width=max(1, fs // 16),
         stroke_fill="black",
     )
-    small = _font(max(10, fs // 2))
-    draw.text((fs // 2, fs // 2), f"SANDBOX  shot {index + 1}/{count}", font=small, fill=_LABEL_RGB)
+    draw.text((fs // 2, fs // 2), f"SANDBOX  shot {index + 1}/{count}", font=layout.label_font, fill=_LABEL_RGB)
     # Black under the time label keeps its chroma neutral, so drawing only luma per frame gives white text.
-    draw.rectangle((time_box[0], time_box[1], time_box[2] - 1, time_box[3] - 1), fill=(0, 0, 0))
+    box = layout.time_box
+    draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
     return bg
+
+
+def _moving_layer(static: _Planes, layout: _Layout, k: int, count: int, frame: int, fps: int) -> _Planes:
+    """Frame ``k`` of ``count`` in a shot: the square a step further along, and the clip time in the label."""
+    from PIL import ImageDraw
+
+    w, h, sq, box = layout.width, layout.height, layout.square, layout.time_box
+    planes = static.copy()
+    x = int(k / max(1, count - 1) * (w - sq)) & ~1
+    y = int(h * 0.72) & ~1
+    planes.fill_rect((x, y, x + sq, min(h, y + sq)), _SQUARE_YUV)
+    ImageDraw.Draw(planes.y).text(
+        (box[0] + layout.font_size // 4, box[1] + layout.font_size // 8),
+        f"{frame / fps:5.2f}s #{frame}",
+        font=layout.label_font,
+        fill=_WHITE_LUMA,
+    )
+    return planes
+
+
+class _Encoder:
+    """One H.264 stream being written; ``emit`` checks ``should_stop`` before each frame."""
+
+    def __init__(
+        self, out: OutputContainer, size: tuple[int, int], fps: int, dest: Path, should_stop: Callable[[], bool] | None
+    ) -> None:
+        self._out = out
+        self._stream = out.add_stream("libx264", rate=fps, options=dict(_X264_OPTIONS))
+        self._stream.width, self._stream.height = size
+        self._stream.pix_fmt = "yuv420p"
+        self._dest = dest
+        self._should_stop = should_stop
+        self.frames = 0
+
+    def emit(self, planes: _Planes) -> None:
+        import av
+
+        if self._should_stop is not None and self._should_stop():
+            raise RenderCancelled(str(self._dest))
+        frame = av.VideoFrame(self._stream.width, self._stream.height, "yuv420p")
+        planes.load_into(frame)
+        frame.pts = self.frames
+        self.frames += 1
+        self._out.mux(self._stream.encode(frame))
+
+    def finish(self) -> None:
+        self._out.mux(self._stream.encode(None))
 
 
 def render_placeholder(
@@ -189,69 +256,29 @@ def render_placeholder(
     down gateway does not wait for a whole render. Returns the number of frames.
     """
     import av
-    from PIL import ImageDraw
 
-    w, h = size
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise ValueError(f"render size must be even and at least 16x16, got {w}x{h}")
+    if not is_render_size(*size):
+        raise ValueError(f"render size must be even and at least {MIN_SIDE}x{MIN_SIDE}, got {size[0]}x{size[1]}")
     if fps < 1:
         raise ValueError(f"fps must be at least 1, got {fps}")
     if not shots:
         raise ValueError("at least one shot is needed")
 
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
-    fs = max(12, min(w, h) // 14)
-    small = _font(max(10, fs // 2))
-    sq = max(2, min(w, h) // 8)
-    label_w = min(w, 6 * fs)
-    time_box = (w - label_w, h - fs - fs // 4, w, h)
-    square_yuv = _rgb_to_limited_yuv(_SQUARE_RGB)
-    white_luma = 235
-    template = av.VideoFrame(w, h, "yuv420p")
-    line_sizes = [p.line_size for p in template.planes]
+    layout = _Layout.for_size(size)
+    line_sizes = [p.line_size for p in av.VideoFrame(*size, "yuv420p").planes]
     fitted = _fit(first_image, size) if first_image is not None else None
-
-    frames = 0
-    try:
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-            stream = out.add_stream("libx264", rate=fps, options=dict(_X264_OPTIONS))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-
-            def emit(planes: _Planes) -> None:
-                nonlocal frames
-                if should_stop is not None and should_stop():
-                    raise RenderCancelled(str(dest))
-                frame = av.VideoFrame(w, h, "yuv420p")
-                planes.load_into(frame)
-                frame.pts = frames
-                frames += 1
-                out.mux(stream.encode(frame))
-
-            if fitted is not None:
-                emit(_Planes.from_rgb(fitted, line_sizes))
-            for index, (caption, seconds) in enumerate(shots):
-                background = fitted if index == 0 else None
-                static = _Planes.from_rgb(
-                    _static_layer(index, len(shots), caption, size, background, time_box), line_sizes
-                )
-                count = max(1, round(seconds * fps))
-                if index == 0 and fitted is not None:
-                    count = max(1, count - 1)  # the bare image frame is part of the first shot
-                for k in range(count):
-                    planes = static.copy()
-                    x = int(k / max(1, count - 1) * (w - sq)) & ~1
-                    y = int(h * 0.72) & ~1
-                    planes.fill_rect((x, y, x + sq, min(h, y + sq)), square_yuv)
-                    ImageDraw.Draw(planes.y).text(
-                        (time_box[0] + fs // 4, time_box[1] + fs // 8),
-                        f"{frames / fps:5.2f}s #{frames}",
-                        font=small,
-                        fill=white_luma,
-                    )
-                    emit(planes)
-            out.mux(stream.encode(None))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return frames
+    dest = Path(path)
+    with replacing(dest) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        encoder = _Encoder(out, size, fps, dest, should_stop)
+        if fitted is not None:
+            encoder.emit(_Planes.from_rgb(fitted, line_sizes))
+        for index, (caption, seconds) in enumerate(shots):
+            background = fitted if index == 0 else None
+            static = _Planes.from_rgb(_static_layer(index, len(shots), caption, layout, background), line_sizes)
+            count = max(1, round(seconds * fps))
+            if index == 0 and fitted is not None:
+                count = max(1, count - 1)  # the bare image frame is part of the first shot
+            for k in range(count):
+                encoder.emit(_moving_layer(static, layout, k, count, encoder.frames, fps))
+        encoder.finish()
+    return encoder.frames

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 from kling_mcp import limits
 from kling_mcp.config import GatewayPaths
+from kling_mcp.render_size import MIN_SIDE, is_render_size
 
 __all__ = ["Faults", "SandboxConfig", "StatusStyle"]
 
@@ -117,8 +118,8 @@ class SandboxConfig:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
         if self.render_size is not None:
             w, h = self.render_size
-            if w < 16 or h < 16 or w % 2 or h % 2:
-                raise ValueError(f"render_size must be even sides of at least 16 px, got {w}x{h}")
+            if not is_render_size(w, h):
+                raise ValueError(f"render_size must be even sides of at least {MIN_SIDE} px, got {w}x{h}")
         if self.fps < 1:
             raise ValueError(f"fps must be at least 1, got {self.fps}")
         if self.max_concurrent_renders < 1:

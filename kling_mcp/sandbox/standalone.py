@@ -19,6 +19,7 @@ from typing import get_args
 import anyio
 
 from kling_mcp.config import SANDBOX_KEY
+from kling_mcp.render_size import MIN_SIDE, is_render_size
 from kling_mcp.sandbox.app import KEY_HEADER
 from kling_mcp.sandbox.server import serve_sandbox
 from kling_mcp.sandbox.settings import Faults, SandboxConfig, StatusStyle
@@ -49,8 +50,8 @@ def _size(text: str) -> tuple[int, int]:
         w, h = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 320x180") from None
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: sides must be even and at least 16")
+    if not is_render_size(w, h):
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be even and at least {MIN_SIDE}")
     return w, h
 
 
@@ -68,11 +69,23 @@ def _key(text: str) -> tuple[str, float | None]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the sandbox gateway's flags to ``parser``."""
+    _network_arguments(parser)
+    _simulation_arguments(parser)
+    _account_arguments(parser)
+    _fault_arguments(parser)
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level"
+    )
+
+
+def _network_arguments(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default: %(default)s)")
     net.add_argument("--public-base-url", help="absolute base for polling and media URLs (default: the request's)")
 
+
+def _simulation_arguments(parser: argparse.ArgumentParser) -> None:
     sim = parser.add_argument_group("simulation")
     sim.add_argument(
         "--time-scale",
@@ -89,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--max-concurrent-renders", type=int, default=_DEFAULTS.max_concurrent_renders)
     sim.add_argument("--webhook-attempts", type=int, default=_DEFAULTS.webhook_attempts)
 
+
+def _account_arguments(parser: argparse.ArgumentParser) -> None:
     acct = parser.add_argument_group("keys and balance")
     acct.add_argument(
         "--key",
@@ -106,6 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     acct.add_argument("--no-charge-failed", action="store_true", help="refund FAILED jobs (default: charged)")
 
+
+def _fault_arguments(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--seed", type=int, help="seed for every random fault and the timing jitter")
     for f in fields(Faults):
@@ -124,10 +141,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="QUEUED/PROCESSING (upper), lower case, or IN_QUEUE/IN_PROGRESS (default: %(default)s)",
     )
     faults.add_argument("--media-url-as-string", action="store_true", help="output.media_url as a string, not a list")
-
-    parser.add_argument(
-        "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level"
-    )
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:

@@ -20,6 +20,7 @@ __all__ = [
     "BadRequest",
     "Endpoint",
     "ParsedRequest",
+    "check_webhook_url",
     "parse_submit",
 ]
 
@@ -86,6 +87,13 @@ def parse_submit(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], Parsed
         return body, _parse(body, endpoint)
     except InvalidInputError as exc:
         raise BadRequest.from_invalid(exc) from None
+
+
+def check_webhook_url(url: str) -> None:
+    """Raises ``BadRequest`` unless ``url`` (an ``X-Webhook-URL`` header) is an absolute http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise BadRequest("Invalid X-Webhook-URL", f"X-Webhook-URL must be an http(s) URL; got {url[:200]!r}.")
 
 
 def _parse(body: dict[str, Any], endpoint: Endpoint) -> ParsedRequest:
