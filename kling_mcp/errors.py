@@ -14,9 +14,9 @@
     │   └── GatewayConnectionError   transport failure or timeout
     │   (every GatewayError has .status_code, .request_id, .gateway_message and, for submits, .maybe_sent)
     ├── JobError                     a job could not produce a video
-    │   ├── JobNotFoundError         no job with that request id
-    │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
+    │   └── JobNotFoundError         no job with that request id
     ├── SpendLimitError              a spend guard refused the request; .limit, .remaining, .resets_at
+    ├── MediaError                   a video or image could not be read, decoded or written
     ├── DownloadError                the finished video could not be saved locally
     └── BlockedURLError              a URL to fetch is not a public http(s) URL (SSRF guard); .host, .address, .reason
 
@@ -26,18 +26,23 @@ handle these types.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar
 
 
+# Errors are dataclasses so each attribute is declared once; eq and repr stay Exception's own (identity, args).
+@dataclass(eq=False, repr=False)
 class KlingError(Exception):
     """Base of every kling-mcp error. ``hint`` is advice a model or a person can act on."""
 
-    code: str = "kling_error"
+    message: str
+    _: KW_ONLY
+    hint: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    code: ClassVar[str] = "kling_error"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
@@ -65,28 +70,18 @@ class InvalidInputError(KlingError):
         super().__init__(f"Invalid {field}: must be {limit}; got {_show(value)}.", hint=f"Fix: {fix}.")
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class GatewayError(KlingError):
     """The gateway answered with an error status, or could not be reached."""
 
-    code = "gateway_error"
-    retryable: bool = False
+    status_code: int | None = None
+    request_id: str | None = None
+    gateway_message: str | None = None
+    # For submits: the request may have reached the gateway (and cost money) although no answer came back.
+    maybe_sent: bool = False
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        request_id: str | None = None,
-        gateway_message: str | None = None,
-        maybe_sent: bool = False,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.status_code = status_code
-        self.request_id = request_id
-        self.gateway_message = gateway_message
-        # For submits: the request may have reached the gateway (and cost money) although no answer came back.
-        self.maybe_sent = maybe_sent
+    code: ClassVar[str] = "gateway_error"
+    retryable: ClassVar[bool] = False
 
 
 class AuthenticationError(GatewayError):
@@ -105,13 +100,12 @@ class NotFoundError(GatewayError):
     code = "not_found"
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class RateLimitError(GatewayError):
+    retry_after: float | None = None
+
     code = "rate_limited"
     retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class UpstreamServerError(GatewayError):
@@ -139,27 +133,16 @@ class JobNotFoundError(JobError):
     code = "job_not_found"
 
 
-class GenerationFailedError(JobError):
-    """The gateway ended a job FAILED (content/generation) or ERROR (system; not charged, free to retry)."""
-
-    code = "generation_failed"
-
-    def __init__(self, message: str, *, status: str, charged: bool | None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.charged = charged
-
-
+@dataclass(eq=False, repr=False, kw_only=True)
 class SpendLimitError(KlingError):
     """A server-side spend guard (active jobs, seconds per day) refused a request before it was sent."""
 
-    code = "spend_limit"
+    limit: str
+    remaining: float
+    resets_at: str | None
+    hint: str = field()  # required: a refusal always says what to do instead
 
-    def __init__(self, message: str, *, limit: str, remaining: float, resets_at: str | None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.limit = limit
-        self.remaining = remaining
-        self.resets_at = resets_at
+    code = "spend_limit"
 
 
 class MediaError(KlingError):
@@ -172,16 +155,16 @@ class DownloadError(KlingError):
     code = "download"
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class BlockedURLError(KlingError):
     """The SSRF guard refused a URL: wrong scheme, credentials in it, or a host that is (or resolves to) non-public.
 
     Never retried: the same URL would be refused again. ``address`` is the offending IP when one was involved.
     """
 
-    code = "blocked_url"
+    host: str
+    reason: str
+    address: str | None = None
+    hint: str = field()  # required: a refusal always says what to do instead
 
-    def __init__(self, message: str, *, host: str, reason: str, address: str | None = None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.host = host
-        self.reason = reason
-        self.address = address
+    code = "blocked_url"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,7 +19,6 @@ from kling_mcp import limits
 from kling_mcp.errors import InvalidInputError
 
 Mode = Literal["live", "sandbox"]  # live requests cost money; sandbox ones go to the built-in gateway
-MODES: Final[tuple[Mode, ...]] = get_args(Mode)
 
 Endpoint = Literal["text_to_video", "image_to_video"]
 
@@ -27,14 +26,14 @@ Endpoint = Literal["text_to_video", "image_to_video"]
 GatewayState = Literal["queued", "processing", "completed", "failed", "error"]
 # A job adds two of its own: 'submitting' before the gateway has answered the submit, 'unknown' when it never will.
 JobStatus = Literal["submitting", GatewayState, "unknown"]
-JOB_STATUSES: Final[tuple[JobStatus, ...]] = get_args(JobStatus)
 
 RUNNING: Final[frozenset[JobStatus]] = frozenset({"queued", "processing"})  # at the gateway, polled until final
 ACTIVE: Final[frozenset[JobStatus]] = RUNNING | {"submitting"}  # counts against KLING_MCP_MAX_ACTIVE_JOBS
 FINAL: Final[frozenset[JobStatus]] = frozenset({"completed", "failed", "error", "unknown"})
 NO_VIDEO: Final[frozenset[JobStatus]] = FINAL - {"completed"}  # ended without a video: no download is owed
 GATEWAY_FAILED: Final[frozenset[JobStatus]] = frozenset({"failed", "error"})  # the gateway ended it without a video
-NOT_CHARGED: Final[frozenset[JobStatus]] = frozenset({"error"})  # ERROR is a system failure, not billed (§8)
+# ERROR is a system failure and not billed (docs/pixazo-contract.md §5 Status polling and status values).
+NOT_CHARGED: Final[frozenset[JobStatus]] = frozenset({"error"})
 
 DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
 DOWNLOAD_OWED: Final[frozenset[DownloadState]] = frozenset({"pending", "downloading"})
