@@ -43,14 +43,16 @@ _JITTER = random.Random()  # own instance: jitter must not consume (or be steere
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
+    """The engine's knobs; those without a default come from ``Settings`` (``runtime.engine_config``)."""
+
     mode: Mode
-    poll_interval: float = 5.0
+    poll_interval: float
     output_dir: Path | None = None  # None: downloads off
     time_scale: float = 1.0  # the sandbox runs faster than real time; estimates follow it
-    dedupe_seconds: float = 600.0
-    error_retries: int = 2
+    dedupe_seconds: float
+    error_retries: int
     guards: Guards = field(default_factory=Guards)
     download_attempts: int = 5
     download_max_bytes: int | None = 2 * 1024**3

@@ -45,7 +45,7 @@ SANDBOX_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
 }
 SANDBOX_FPS: Final = 24
 
-# Timing model from real recordings (pixazo-api.md section 5): base + per output second (+ image-to-video).
+# Timing model from real recordings (docs/pixazo-contract.md §8 Timing and cost): base + per output second (+ i2v).
 TIMING_BASE_S: Final = 45.0
 TIMING_PER_SECOND_S: Final = 6.0
 TIMING_IMAGE_EXTRA_S: Final = 15.0
