@@ -7,15 +7,18 @@ turns a bad value into a ``ConfigurationError`` that names the variable.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal, get_args
 
 from kling_mcp.errors import ConfigurationError
+from kling_mcp.models import Mode
 from kling_mcp.render_size import is_render_size
 
-Mode = Literal["auto", "live", "sandbox"]
+ModeSetting = Literal["auto", Mode]  # auto: live with an API key, sandbox without
+MODE_SETTINGS: Final[tuple[str, ...]] = get_args(ModeSetting)
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 SANDBOX_KEY = "sk_sandbox_local"
@@ -28,11 +31,105 @@ DEFAULT_I2V_PATH = f"/{I2V_API_ID}/v1/{I2V_API_ID}-request"
 DEFAULT_STATUS_PATH = "/v2/requests/status/{request_id}"
 
 
+# --- parsers: (variable, its value, the field's default) -> the setting ------------------------------------------
+
+Parser = Callable[[str, str, Any], object]
+
+
+def _text(name: str, raw: str, default: object) -> str:
+    return raw
+
+
+def _url(name: str, raw: str, default: object) -> str | None:
+    return raw.rstrip("/") or None
+
+
+def _to_number(name: str, raw: str, default: object, minimum: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number.", hint=f"Unset it to use {default}.") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigurationError(f"{name}={raw!r} must be a number of at least {minimum}.")
+    return value
+
+
+def _number(minimum: float) -> Parser:
+    def parse(name: str, raw: str, default: object) -> float:
+        return _to_number(name, raw, default, minimum)
+
+    return parse
+
+
+def _whole(minimum: int) -> Parser:
+    def parse(name: str, raw: str, default: object) -> int:
+        # The advice for an optional count (default None) names 0, which is what a blank value would have meant.
+        return int(_to_number(name, raw, 0 if default is None else default, minimum))
+
+    return parse
+
+
+def _count_or_none(name: str, raw: str, default: object) -> int | None:
+    """A count where 0 means none."""
+    return int(_to_number(name, raw, 0, 0)) or None
+
+
+def _flag(name: str, raw: str, default: object) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean.", hint="Use 1 or 0.")
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Parser:
+    def parse(name: str, raw: str, default: object) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in options:
+            raise ConfigurationError(f"{name}={raw!r} must be one of: {', '.join(options)}.")
+        return value
+
+    return parse
+
+
+def _items(name: str, raw: str, default: object) -> tuple[str, ...]:
+    """A comma-separated list."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _path(name: str, raw: str, default: object) -> Path:
+    return Path(raw).expanduser()
+
+
+def _size(name: str, raw: str, default: object) -> tuple[int, int]:
+    return _parse_size(raw)
+
+
+def _env(variable: str, parse: Parser) -> dict[str, Any]:
+    """A field's metadata: the environment variable that sets it, and how its text becomes the value."""
+    return {"env": variable, "parse": parse}
+
+
+def _from_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of ``cls`` that ``env`` sets; a field whose variable is unset or blank keeps its default."""
+    values: dict[str, Any] = {}
+    for spec in fields(cls):
+        if "env" not in spec.metadata:
+            continue
+        raw = env.get(spec.metadata["env"], "").strip()
+        if raw:
+            values[spec.name] = spec.metadata["parse"](spec.metadata["env"], raw, spec.default)
+    return values
+
+
+# --- the settings -----------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class GatewayPaths:
-    text_to_video: str = DEFAULT_T2V_PATH
-    image_to_video: str = DEFAULT_I2V_PATH
-    status: str = DEFAULT_STATUS_PATH
+    text_to_video: str = field(default=DEFAULT_T2V_PATH, metadata=_env("PIXAZO_T2V_PATH", _text))
+    image_to_video: str = field(default=DEFAULT_I2V_PATH, metadata=_env("PIXAZO_I2V_PATH", _text))
+    status: str = field(default=DEFAULT_STATUS_PATH, metadata=_env("PIXAZO_STATUS_PATH", _text))
 
 
 def _default_state_dir() -> Path:
@@ -51,31 +148,37 @@ def _default_output_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    mode: Mode = "auto"
-    api_key: str | None = field(default=None, repr=False)
-    base_url: str | None = None  # None: the real gateway when live, the built-in sandbox otherwise
-    paths: GatewayPaths = field(default_factory=GatewayPaths)
-    poll_interval: float = 5.0
-    max_wait: float = 45.0
-    request_timeout: float = 30.0
-    state_dir: Path | None = None
-    output_dir: Path | None = None
-    download: bool = True
-    dedupe_seconds: float = 600.0
-    error_retries: int = 2
-    max_active_jobs: int = 8
-    daily_seconds: int | None = None  # seconds of video per UTC day; None: unlimited
-    confirm_above_seconds: int | None = None
-    allow_private_urls: bool = False  # let downloads and image checks reach private addresses (sandbox, tests)
-    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
-    public_url: str | None = None  # where the gateway can reach this server: turns webhooks on
-    webhook_poll_interval: float = 60.0
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    sandbox_time_scale: float = 20.0
-    sandbox_render_size: tuple[int, int] | None = None
-    sandbox_fps: int | None = None
-    log_level: str = "WARNING"
+    mode: ModeSetting = field(default="auto", metadata=_env("KLING_MCP_MODE", _choice(MODE_SETTINGS)))
+    api_key: str | None = field(default=None, repr=False, metadata=_env("PIXAZO_API_KEY", _text))
+    # None: the real gateway when live, the built-in sandbox otherwise
+    base_url: str | None = field(default=None, metadata=_env("PIXAZO_BASE_URL", _url))
+    paths: GatewayPaths = field(default_factory=GatewayPaths)  # read from its own fields' variables
+    poll_interval: float = field(default=5.0, metadata=_env("KLING_MCP_POLL_INTERVAL", _number(0.05)))
+    max_wait: float = field(default=45.0, metadata=_env("KLING_MCP_MAX_WAIT", _number(0.0)))
+    request_timeout: float = field(default=30.0, metadata=_env("KLING_MCP_REQUEST_TIMEOUT", _number(0.1)))
+    state_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_STATE_DIR", _path))
+    output_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_OUTPUT_DIR", _path))
+    download: bool = field(default=True, metadata=_env("KLING_MCP_DOWNLOAD", _flag))
+    dedupe_seconds: float = field(default=600.0, metadata=_env("KLING_MCP_DEDUPE_SECONDS", _number(0.0)))
+    error_retries: int = field(default=2, metadata=_env("KLING_MCP_ERROR_RETRIES", _whole(0)))
+    max_active_jobs: int = field(default=8, metadata=_env("KLING_MCP_MAX_ACTIVE_JOBS", _whole(1)))
+    # seconds of video per UTC day; None: unlimited
+    daily_seconds: int | None = field(default=None, metadata=_env("KLING_MCP_DAILY_SECONDS", _whole(0)))
+    confirm_above_seconds: int | None = field(default=None, metadata=_env("KLING_MCP_CONFIRM_ABOVE_SECONDS", _whole(0)))
+    # let downloads and image checks reach private addresses (sandbox, tests)
+    allow_private_urls: bool = field(default=False, metadata=_env("KLING_MCP_ALLOW_PRIVATE_URLS", _flag))
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_env("KLING_MCP_AUTH_TOKEN", _items))
+    # where the gateway can reach this server: turns webhooks on
+    public_url: str | None = field(default=None, metadata=_env("KLING_MCP_PUBLIC_URL", _url))
+    webhook_poll_interval: float = field(default=60.0, metadata=_env("KLING_MCP_WEBHOOK_POLL_INTERVAL", _number(0.05)))
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_env("KLING_MCP_ALLOWED_HOSTS", _items))
+    allowed_origins: tuple[str, ...] = field(default=(), metadata=_env("KLING_MCP_ALLOWED_ORIGINS", _items))
+    sandbox_time_scale: float = field(default=20.0, metadata=_env("KLING_MCP_SANDBOX_TIME_SCALE", _number(0.001)))
+    sandbox_render_size: tuple[int, int] | None = field(
+        default=None, metadata=_env("KLING_MCP_SANDBOX_RENDER_SIZE", _size)
+    )
+    sandbox_fps: int | None = field(default=None, metadata=_env("KLING_MCP_SANDBOX_FPS", _count_or_none))
+    log_level: str = field(default="WARNING", metadata=_env("KLING_MCP_LOG_LEVEL", _choice(LOG_LEVELS, upper=True)))
 
     @property
     def live(self) -> bool:
@@ -109,43 +212,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        reader = _EnvReader(env)
-        mode = reader.choice("KLING_MCP_MODE", ("auto", "live", "sandbox"), "auto")
-        size = reader.get("KLING_MCP_SANDBOX_RENDER_SIZE")
-        settings = cls(
-            mode=mode,  # type: ignore[arg-type]
-            api_key=reader.get("PIXAZO_API_KEY"),
-            base_url=(reader.get("PIXAZO_BASE_URL") or "").rstrip("/") or None,
-            paths=GatewayPaths(
-                text_to_video=reader.get("PIXAZO_T2V_PATH") or DEFAULT_T2V_PATH,
-                image_to_video=reader.get("PIXAZO_I2V_PATH") or DEFAULT_I2V_PATH,
-                status=reader.get("PIXAZO_STATUS_PATH") or DEFAULT_STATUS_PATH,
-            ),
-            poll_interval=reader.number("KLING_MCP_POLL_INTERVAL", 5.0, minimum=0.05),
-            max_wait=reader.number("KLING_MCP_MAX_WAIT", 45.0, minimum=0.0),
-            request_timeout=reader.number("KLING_MCP_REQUEST_TIMEOUT", 30.0, minimum=0.1),
-            state_dir=reader.path("KLING_MCP_STATE_DIR"),
-            output_dir=reader.path("KLING_MCP_OUTPUT_DIR"),
-            download=reader.flag("KLING_MCP_DOWNLOAD", True),
-            dedupe_seconds=reader.number("KLING_MCP_DEDUPE_SECONDS", 600.0, minimum=0.0),
-            error_retries=int(reader.number("KLING_MCP_ERROR_RETRIES", 2, minimum=0)),
-            max_active_jobs=int(reader.number("KLING_MCP_MAX_ACTIVE_JOBS", 8, minimum=1)),
-            daily_seconds=reader.optional_int("KLING_MCP_DAILY_SECONDS"),
-            confirm_above_seconds=reader.optional_int("KLING_MCP_CONFIRM_ABOVE_SECONDS"),
-            allow_private_urls=reader.flag("KLING_MCP_ALLOW_PRIVATE_URLS", False),
-            auth_tokens=reader.items("KLING_MCP_AUTH_TOKEN"),
-            public_url=(reader.get("KLING_MCP_PUBLIC_URL") or "").rstrip("/") or None,
-            webhook_poll_interval=reader.number("KLING_MCP_WEBHOOK_POLL_INTERVAL", 60.0, minimum=0.05),
-            allowed_hosts=reader.items("KLING_MCP_ALLOWED_HOSTS"),
-            allowed_origins=reader.items("KLING_MCP_ALLOWED_ORIGINS"),
-            sandbox_time_scale=reader.number("KLING_MCP_SANDBOX_TIME_SCALE", 20.0, minimum=0.001),
-            sandbox_render_size=_parse_size(size) if size else None,
-            sandbox_fps=int(reader.number("KLING_MCP_SANDBOX_FPS", 0, minimum=0)) or None,
-            log_level=reader.choice(
-                "KLING_MCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING", upper=True
-            ),
-        )
-        return settings.check()
+        return cls(**_from_env(cls, env), paths=GatewayPaths(**_from_env(GatewayPaths, env))).check()
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -161,56 +228,3 @@ def _parse_size(text: str) -> tuple[int, int]:
             hint="Use e.g. 320x180.",
         )
     return w, h
-
-
-class _EnvReader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def get(self, name: str) -> str | None:
-        value = self._env.get(name, "").strip()
-        return value or None
-
-    def number(self, name: str, default: float, *, minimum: float) -> float:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}={raw!r} is not a number.", hint=f"Unset it to use {default}.") from None
-        if not math.isfinite(value) or value < minimum:
-            raise ConfigurationError(f"{name}={raw!r} must be a number of at least {minimum}.")
-        return value
-
-    def items(self, name: str) -> tuple[str, ...]:
-        """A comma-separated list."""
-        return tuple(part.strip() for part in (self.get(name) or "").split(",") if part.strip())
-
-    def optional_int(self, name: str) -> int | None:
-        if self.get(name) is None:
-            return None
-        return int(self.number(name, 0, minimum=0))
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigurationError(f"{name}={raw!r} is not a boolean.", hint="Use 1 or 0.")
-
-    def choice(self, name: str, options: tuple[str, ...], default: str, *, upper: bool = False) -> str:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        value = raw.upper() if upper else raw.lower()
-        if value not in options:
-            raise ConfigurationError(f"{name}={raw!r} must be one of: {', '.join(options)}.")
-        return value
-
-    def path(self, name: str) -> Path | None:
-        raw = self.get(name)
-        return Path(raw).expanduser() if raw else None

@@ -1,50 +1,59 @@
-"""One exception tree for kling-mcp.
+"""One exception tree for kling-mcp; each class says what it means, and ``code`` is its name in tool results.
 
-    KlingError                       every error this package raises; .hint says what to do next
-    ├── ConfigurationError           bad settings or environment; the server will not start
-    ├── InvalidInputError            a request broke a limit; caught before anything is paid for
-    ├── GatewayError                 the gateway answered with an error, or could not be reached
-    │   ├── AuthenticationError      401/403: missing or wrong API key
-    │   ├── InsufficientCreditsError 402: out of balance
-    │   ├── GatewayValidationError   400 and other 4xx: the gateway refused the request body
-    │   ├── NotFoundError            404: no such request id
-    │   ├── RateLimitError           429: slow down; .retry_after
-    │   ├── UpstreamServerError      5xx: transient
-    │   ├── ChallengePageError       an HTML (bot-challenge) page where JSON was expected
-    │   └── GatewayConnectionError   transport failure or timeout
-    │   (every GatewayError has .status_code, .request_id, .gateway_message and, for submits, .maybe_sent)
-    ├── JobError                     a job could not produce a video
-    │   ├── JobNotFoundError         no job with that request id
-    │   └── GenerationFailedError    the gateway ended the job FAILED or ERROR; .charged, .retry_free
-    ├── SpendLimitError              a spend guard refused the request; .limit, .remaining, .resets_at
-    ├── DownloadError                the finished video could not be saved locally
-    └── BlockedURLError              a URL to fetch is not a public http(s) URL (SSRF guard); .host, .address, .reason
+    KlingError
+    ├── ConfigurationError
+    ├── InvalidInputError
+    ├── GatewayError
+    │   ├── AuthenticationError
+    │   ├── InsufficientCreditsError
+    │   ├── GatewayValidationError
+    │   ├── NotFoundError
+    │   ├── RateLimitError
+    │   ├── UpstreamServerError
+    │   ├── ChallengePageError
+    │   └── GatewayConnectionError
+    ├── JobError
+    │   └── JobNotFoundError
+    ├── SpendLimitError
+    ├── MediaError
+    ├── DownloadError
+    └── BlockedURLError
 
 Lower-level errors (httpx2, sqlite3, av) are translated at the boundary where they occur, so callers only ever
-handle these types.
+handle these types (docs/pixazo-contract.md §7 Errors).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar
 
 
+# Errors are dataclasses so each attribute is declared once; eq and repr stay Exception's own (identity, args).
+@dataclass(eq=False, repr=False)
 class KlingError(Exception):
-    """Base of every kling-mcp error. ``hint`` is advice a model or a person can act on."""
+    """Every error this package raises. ``hint`` is advice a model or a person can act on."""
 
-    code: str = "kling_error"
+    message: str
+    _: KW_ONLY
+    hint: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    code: ClassVar[str] = "kling_error"
+
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
 
 
-class ConfigurationError(KlingError):
-    code = "configuration"
+class ConfigurationError(KlingError, code="configuration"):
+    """Bad settings or environment: the server will not start."""
 
 
 def _show(value: Any) -> str:
@@ -52,10 +61,8 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class InvalidInputError(KlingError):
-    """A value broke a limit. Names the field, the limit, the value given and the fix."""
-
-    code = "invalid_input"
+class InvalidInputError(KlingError, code="invalid_input"):
+    """A value broke a limit, caught before anything is paid for. Names the field, the limit, the value and the fix."""
 
     def __init__(self, field: str, limit: str, value: Any, fix: str) -> None:
         self.field = field
@@ -65,123 +72,93 @@ class InvalidInputError(KlingError):
         super().__init__(f"Invalid {field}: must be {limit}; got {_show(value)}.", hint=f"Fix: {fix}.")
 
 
-class GatewayError(KlingError):
-    """The gateway answered with an error status, or could not be reached."""
+@dataclass(eq=False, repr=False, kw_only=True)
+class GatewayError(KlingError, code="gateway_error"):
+    """The gateway answered with an error, or could not be reached. ``retryable``: a read may be sent again."""
 
-    code = "gateway_error"
-    retryable: bool = False
+    status_code: int | None = None
+    request_id: str | None = None
+    gateway_message: str | None = None  # the gateway's own words; never the API key
+    # For submits: the request may have reached the gateway (and cost money) although no answer came back.
+    maybe_sent: bool = False
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        request_id: str | None = None,
-        gateway_message: str | None = None,
-        maybe_sent: bool = False,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.status_code = status_code
-        self.request_id = request_id
-        self.gateway_message = gateway_message
-        # For submits: the request may have reached the gateway (and cost money) although no answer came back.
-        self.maybe_sent = maybe_sent
+    retryable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, *, retryable: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if retryable is not None:
+            cls.retryable = retryable
 
 
-class AuthenticationError(GatewayError):
-    code = "authentication"
+class AuthenticationError(GatewayError, code="authentication"):
+    """401/403: a missing or wrong API key."""
 
 
-class InsufficientCreditsError(GatewayError):
-    code = "insufficient_credits"
+class InsufficientCreditsError(GatewayError, code="insufficient_credits"):
+    """402: the account is out of balance."""
 
 
-class GatewayValidationError(GatewayError):
-    code = "gateway_validation"
+class GatewayValidationError(GatewayError, code="gateway_validation"):
+    """400 and other 4xx: the gateway refused the request body."""
 
 
-class NotFoundError(GatewayError):
-    code = "not_found"
+class NotFoundError(GatewayError, code="not_found"):
+    """404: no such request id."""
 
 
-class RateLimitError(GatewayError):
-    code = "rate_limited"
-    retryable = True
+@dataclass(eq=False, repr=False, kw_only=True)
+class RateLimitError(GatewayError, code="rate_limited", retryable=True):
+    """429: slow down, for ``retry_after`` seconds when the gateway says."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+    retry_after: float | None = None
 
 
-class UpstreamServerError(GatewayError):
-    code = "upstream_server"
-    retryable = True
+class UpstreamServerError(GatewayError, code="upstream_server", retryable=True):
+    """5xx, or a 2xx answer that is not a JSON object: transient."""
 
 
-class ChallengePageError(GatewayError):
-    code = "challenge_page"
-    retryable = True
+class ChallengePageError(GatewayError, code="challenge_page", retryable=True):
+    """An HTML (bot-challenge) page where JSON was expected."""
 
 
-class GatewayConnectionError(GatewayError):
+class GatewayConnectionError(GatewayError, code="connection", retryable=True):
     """Transport failure or timeout; ``maybe_sent`` tells whether the request may have reached the gateway."""
 
-    code = "connection"
-    retryable = True
+
+class JobError(KlingError, code="job_error"):
+    """A job could not produce a video."""
 
 
-class JobError(KlingError):
-    code = "job_error"
+class JobNotFoundError(JobError, code="job_not_found"):
+    """No job with that id in the ledger."""
 
 
-class JobNotFoundError(JobError):
-    code = "job_not_found"
-
-
-class GenerationFailedError(JobError):
-    """The gateway ended a job FAILED (content/generation) or ERROR (system; not charged, free to retry)."""
-
-    code = "generation_failed"
-
-    def __init__(self, message: str, *, status: str, charged: bool | None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.charged = charged
-
-
-class SpendLimitError(KlingError):
+@dataclass(eq=False, repr=False, kw_only=True)
+class SpendLimitError(KlingError, code="spend_limit"):
     """A server-side spend guard (active jobs, seconds per day) refused a request before it was sent."""
 
-    code = "spend_limit"
-
-    def __init__(self, message: str, *, limit: str, remaining: float, resets_at: str | None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.limit = limit
-        self.remaining = remaining
-        self.resets_at = resets_at
+    limit: str
+    remaining: float
+    resets_at: str | None
+    hint: str = field()  # required: a refusal always says what to do instead
 
 
-class MediaError(KlingError):
+class MediaError(KlingError, code="media"):
     """A video or image could not be read, decoded or written."""
 
-    code = "media"
+
+class DownloadError(KlingError, code="download"):
+    """The finished video could not be saved locally."""
 
 
-class DownloadError(KlingError):
-    code = "download"
-
-
-class BlockedURLError(KlingError):
+@dataclass(eq=False, repr=False, kw_only=True)
+class BlockedURLError(KlingError, code="blocked_url"):
     """The SSRF guard refused a URL: wrong scheme, credentials in it, or a host that is (or resolves to) non-public.
 
     Never retried: the same URL would be refused again. ``address`` is the offending IP when one was involved.
     """
 
-    code = "blocked_url"
-
-    def __init__(self, message: str, *, host: str, reason: str, address: str | None = None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.host = host
-        self.reason = reason
-        self.address = address
+    host: str
+    reason: str
+    address: str | None = None
+    hint: str = field()  # required: a refusal always says what to do instead

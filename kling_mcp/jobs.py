@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,8 +30,9 @@ from kling_mcp.errors import (
     NotFoundError,
 )
 from kling_mcp.files import safe_component, stale_temps
-from kling_mcp.pixazo import GatewayStatus, GenerationRequest, PixazoClient, parse_status
-from kling_mcp.store import Guards, Job, Store, owner_is_dead
+from kling_mcp.models import GATEWAY_FAILED, NO_VIDEO, RUNNING, GenerationRequest, Job, Mode
+from kling_mcp.pixazo import GatewayStatus, PixazoClient, parse_status
+from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,16 @@ Listener = Callable[[Job], Awaitable[None]]
 _JITTER = random.Random()  # own instance: jitter must not consume (or be steered by) the global generator
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    mode: Literal["live", "sandbox"]
-    poll_interval: float = 5.0
+    """The engine's knobs; those without a default come from ``Settings`` (``runtime.engine_config``)."""
+
+    mode: Mode
+    poll_interval: float
     output_dir: Path | None = None  # None: downloads off
     time_scale: float = 1.0  # the sandbox runs faster than real time; estimates follow it
-    dedupe_seconds: float = 600.0
-    error_retries: int = 2
+    dedupe_seconds: float
+    error_retries: int
     guards: Guards = field(default_factory=Guards)
     download_attempts: int = 5
     download_max_bytes: int | None = 2 * 1024**3
@@ -230,8 +233,8 @@ class JobEngine:
             except Exception:  # a broken listener must not stop a paid job
                 log.exception("job listener failed")
 
-    async def _set(self, job: Job, **fields: object) -> Job:
-        if fields.get("status") in ("failed", "error", "unknown"):
+    async def _set(self, job: Job, **fields: Unpack[JobUpdate]) -> Job:
+        if fields.get("status") in NO_VIDEO:
             fields["download_state"] = "off"  # no video will come, so no download is owed
         updated = await self.store.update(job.job_id, **fields)
         await self._notify(updated)
@@ -269,7 +272,7 @@ class JobEngine:
             job,
             attempt_id=sub.request_id,
             polling_url=sub.polling_url,
-            status=sub.status if sub.status in ("queued", "processing") else "queued",
+            status=sub.status if sub.status in RUNNING else "queued",
             submitted_at=self._clock(),
             error=None,
         )
@@ -286,7 +289,7 @@ class JobEngine:
             # Spreads the polls of jobs submitted (or resumed) together; never sooner than the interval.
             phase = _JITTER.uniform(1.0, 1.5)
             while not job.settled:
-                if job.status in ("queued", "processing"):
+                if job.status in RUNNING:
                     # Sleep until the next poll, or until a webhook (or another waiter's news) changes the job.
                     watch = self._watch(job_id)
                     with anyio.move_on_after(self._poll_interval() * phase):
@@ -362,7 +365,7 @@ class JobEngine:
             job = await self._set(job, error=f"Attempt {job.attempts} ended ERROR: {status.error or 'no detail'}")
             with anyio.CancelScope(shield=True):
                 return await self._send(job)
-        if status.status in ("error", "failed"):
+        if status.status in GATEWAY_FAILED:
             return await self._set(
                 job,
                 status=status.status,

@@ -37,12 +37,7 @@ IMAGE_MAX_BYTES: Final = 50 * 1024 * 1024
 IMAGE_MIN_SIDE_PX: Final = 300
 IMAGE_MAX_ASPECT: Final = 2.5  # width/height and height/width both at most this
 
-# Output sizes of the live model (1080p) and the sandbox's 720p-tier stand-ins.
-LIVE_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
-    "16:9": (1920, 1080),
-    "9:16": (1080, 1920),
-    "1:1": (1440, 1440),
-}
+# The sandbox's output sizes: 720p-tier stand-ins for the live model's 1080p.
 SANDBOX_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
     "16:9": (1280, 720),
     "9:16": (720, 1280),

@@ -17,14 +17,12 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-from pydantic import BaseModel, ConfigDict, model_validator
 
-from kling_mcp import limits
 from kling_mcp.config import GatewayPaths
 from kling_mcp.errors import (
     AuthenticationError,
@@ -34,25 +32,22 @@ from kling_mcp.errors import (
     GatewayError,
     GatewayValidationError,
     InsufficientCreditsError,
-    InvalidInputError,
     NotFoundError,
     RateLimitError,
     UpstreamServerError,
 )
 from kling_mcp.files import temp_path
+from kling_mcp.models import GatewayState
+from kling_mcp.models import GenerationRequest as GenerationRequest  # its home before models.py; callers import it
 
 log = logging.getLogger(__name__)
-
-JobStatus = Literal["queued", "processing", "completed", "failed", "error"]
-TERMINAL: frozenset[JobStatus] = frozenset({"completed", "failed", "error"})
-Endpoint = Literal["text_to_video", "image_to_video"]
 
 _DONE = frozenset({"completed", "succeeded", "success"})
 _FAILED = frozenset({"failed", "cancelled", "canceled"})
 _QUEUED = frozenset({"queued", "in_queue", "pending", "submitted"})
 
 
-def normalize_status(value: object) -> JobStatus:
+def normalize_status(value: object) -> GatewayState:
     """Maps any status spelling the gateway family uses onto five states; unknown means still pending."""
     text = str(value or "").strip().lower()
     if text in _DONE:
@@ -66,79 +61,17 @@ def normalize_status(value: object) -> JobStatus:
     return "processing"
 
 
-class GenerationRequest(BaseModel):
-    """One paid generation, validated against every limit before anything is sent."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    endpoint: Endpoint
-    prompt: str | None = None
-    shots: tuple[limits.Shot, ...] | None = None
-    duration: int = limits.DURATION_DEFAULT_S
-    aspect_ratio: limits.AspectRatio = limits.ASPECT_RATIO_DEFAULT
-    image_url: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> GenerationRequest:
-        if self.prompt is not None:
-            limits.check_prompt(self.prompt)
-        if self.shots is not None:
-            if self.prompt is not None:
-                raise InvalidInputError(
-                    "shots",
-                    "exclusive with a single prompt",
-                    "both given",
-                    "put the prompt into the first shot",
-                )
-            limits.check_shots(self.shots)
-        else:
-            limits.check_duration(self.duration)
-        if self.endpoint == "text_to_video":
-            if self.prompt is None and self.shots is None:
-                raise InvalidInputError("prompt", "given for text-to-video", None, "describe the clip")
-            if self.image_url is not None:
-                raise InvalidInputError(
-                    "image_url", "absent for text-to-video", self.image_url, "use the image-to-video endpoint"
-                )
-        elif not self.image_url:
-            raise InvalidInputError("image_url", "given for image-to-video", None, "pass the first frame's URL")
-        return self
-
-    @property
-    def video_seconds(self) -> int:
-        """Seconds of output video, which is what the gateway bills."""
-        return sum(s.duration for s in self.shots) if self.shots else self.duration
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body the gateway expects."""
-        body: dict[str, Any] = {"aspect_ratio": self.aspect_ratio}
-        if self.shots is not None:
-            body["multi_prompt"] = [{"prompt": s.prompt, "duration": s.duration} for s in self.shots]
-        else:
-            body["duration"] = self.duration
-            if self.prompt is not None:
-                body["prompt"] = self.prompt
-        if self.image_url is not None:
-            body["image_url"] = self.image_url
-        return body
-
-    def fingerprint(self) -> str:
-        """Stable hash of what would be paid for; identical requests share it."""
-        canonical = json.dumps({"endpoint": self.endpoint, **self.body()}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Submission:
     request_id: str
-    status: JobStatus
+    status: GatewayState
     polling_url: str | None
 
 
 @dataclass(frozen=True)
 class GatewayStatus:
     request_id: str
-    status: JobStatus
+    status: GatewayState
     raw_status: str
     media_urls: tuple[str, ...] = ()
     error: str | None = None
@@ -219,42 +152,19 @@ class PixazoClient:
         path = self._paths.text_to_video if request.endpoint == "text_to_video" else self._paths.image_to_video
         extra = {"X-Webhook-URL": webhook_url} if webhook_url else None
         content = json.dumps(request.body()).encode()
-        attempt = 0
-        while True:
+
+        async def once() -> Submission:
+            response = await self._http.post(self._base_url + path, content=content, headers=self._headers(extra))
             try:
-                response = await self._http.post(self._base_url + path, content=content, headers=self._headers(extra))
-            except (
-                httpx2.ConnectError,
-                httpx2.ConnectTimeout,
-                httpx2.PoolTimeout,
-                httpx2.WriteTimeout,
-            ) as exc:
-                # The body never fully left this machine, so the gateway cannot have taken the job.
-                error: GatewayError = GatewayConnectionError(
-                    f"Could not reach the gateway ({type(exc).__name__}).",
-                    maybe_sent=False,
-                    hint="Nothing was submitted or charged; check the network and call again.",
-                )
-            except httpx2.TransportError as exc:
-                raise GatewayConnectionError(
-                    f"The connection failed after the request was sent ({type(exc).__name__}).",
-                    maybe_sent=True,
-                    hint="The gateway may have accepted the job; it must not be submitted again blindly.",
-                ) from None
-            else:
-                try:
-                    data = _json_or_raise(response, request_id=None)
-                except (RateLimitError, ChallengePageError) as exc:
-                    error = exc
-                except GatewayError as exc:
-                    exc.maybe_sent = exc.status_code is not None and exc.status_code >= 500
-                    raise
-                else:
-                    return _parse_submission(data)
-            if attempt + 1 >= self._retry.attempts:
-                raise error
-            await self._sleep(self._retry.delay(attempt, getattr(error, "retry_after", None)))
-            attempt += 1
+                data = _json_or_raise(response, request_id=None)
+            except (RateLimitError, ChallengePageError):
+                raise  # answered before the gateway proper: not taken
+            except GatewayError as exc:
+                exc.maybe_sent = exc.status_code is not None and exc.status_code >= 500
+                raise
+            return _parse_submission(data)
+
+        return await self._with_retries(once, _SUBMITS)
 
     async def status(self, request_id: str, *, polling_url: str | None = None) -> GatewayStatus:
         url = self.status_url(request_id, polling_url)
@@ -263,7 +173,7 @@ class PixazoClient:
             response = await self._http.get(url, headers=self._headers())
             return parse_status(_json_or_raise(response, request_id=request_id), request_id)
 
-        return await self._with_retries(once)
+        return await self._with_retries(once, _READS)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> Download:
         """Streams a media file to ``dest`` atomically (temporary file, size check, rename); returns its sha256.
@@ -275,7 +185,7 @@ class PixazoClient:
             return await self._download_once(url, dest, max_bytes)
 
         try:
-            return await self._with_retries(once)
+            return await self._with_retries(once, _READS)
         except GatewayError as exc:
             raise DownloadError(f"Could not download the video: {exc.message}", hint=exc.hint) from None
 
@@ -318,25 +228,69 @@ class PixazoClient:
                 await anyio.Path(tmp).unlink(missing_ok=True)
         return Download(path=dest, size_bytes=size, sha256=digest.hexdigest())
 
-    async def _with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
+    async def _with_retries(self, once: Callable[[], Awaitable[T]], retrying: Retrying) -> T:
         attempt = 0
         while True:
             try:
                 return await once()
             except httpx2.TransportError as exc:
-                error: GatewayError = GatewayConnectionError(
-                    f"Could not reach the gateway ({type(exc).__name__}).", maybe_sent=False
-                )
+                error = retrying.transport_error(exc)
             except GatewayError as exc:
-                if not exc.retryable:
-                    raise
                 error = exc
-            if attempt + 1 >= self._retry.attempts:
+            if not retrying.retryable(error) or attempt + 1 >= self._retry.attempts:
                 raise error
-            delay = self._retry.delay(attempt, getattr(error, "retry_after", None))
-            log.info("gateway read failed (%s); retrying in %.2fs", error.code, delay)
+            delay = self._retry.delay(attempt, error.retry_after if isinstance(error, RateLimitError) else None)
+            log.info("gateway %s failed (%s); retrying in %.2fs", retrying.what, error.code, delay)
             await self._sleep(delay)
             attempt += 1
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """Which failures of one kind of request are retried (docs/pixazo-contract.md §7 Errors).
+
+    ``transport_error`` turns a transport failure into the error to report, deciding whether the request may have
+    reached the gateway; ``retryable`` says whether to send it again.
+    """
+
+    what: str
+    transport_error: Callable[[httpx2.TransportError], GatewayError]
+    retryable: Callable[[GatewayError], bool]
+
+
+def _unreachable(exc: httpx2.TransportError) -> GatewayError:
+    return GatewayConnectionError(f"Could not reach the gateway ({type(exc).__name__}).", maybe_sent=False)
+
+
+# Reads are free to repeat: every transient failure is retried.
+_READS = Retrying("read", _unreachable, lambda error: error.retryable)
+
+# Failures that leave the body on this machine, so the gateway cannot have taken the job.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.WriteTimeout)
+
+
+def _submit_transport_error(exc: httpx2.TransportError) -> GatewayError:
+    if isinstance(exc, _NOT_SENT):
+        return GatewayConnectionError(
+            f"Could not reach the gateway ({type(exc).__name__}).",
+            maybe_sent=False,
+            hint="Nothing was submitted or charged; check the network and call again.",
+        )
+    return GatewayConnectionError(
+        f"The connection failed after the request was sent ({type(exc).__name__}).",
+        maybe_sent=True,
+        hint="The gateway may have accepted the job; it must not be submitted again blindly.",
+    )
+
+
+def _submit_retryable(error: GatewayError) -> bool:
+    """Only a submit the gateway certainly did not take: a duplicate costs money."""
+    if isinstance(error, RateLimitError | ChallengePageError):
+        return True
+    return isinstance(error, GatewayConnectionError) and not error.maybe_sent
+
+
+_SUBMITS = Retrying("submit", _submit_transport_error, _submit_retryable)
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -21,10 +21,11 @@ import httpx2
 
 from kling_mcp.config import SANDBOX_KEY, Settings
 from kling_mcp.jobs import EngineConfig, JobEngine, Listener
+from kling_mcp.models import Job
 from kling_mcp.netguard import guarded_client
 from kling_mcp.pixazo import PixazoClient
 from kling_mcp.previews import MediaWorker, local_video
-from kling_mcp.store import Guards, Job, Store
+from kling_mcp.store import Guards, Store
 from kling_mcp.tls import tls_context
 
 log = logging.getLogger("kling_mcp")

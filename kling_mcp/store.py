@@ -15,21 +15,32 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Final, TypedDict, TypeVar, Unpack
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from kling_mcp import limits
 from kling_mcp.errors import JobNotFoundError, SpendLimitError
-from kling_mcp.pixazo import GenerationRequest, JobStatus
+from kling_mcp.models import (
+    ACTIVE,
+    DOWNLOAD_OWED,
+    FINAL,
+    GATEWAY_FAILED,
+    NOT_CHARGED,
+    Column,
+    DownloadState,
+    GenerationRequest,
+    JobStatus,
+    Mode,
+)
+from kling_mcp.models import Job as Job  # the ledger's own name for it, kept for callers that import it from here
 
-LedgerStatus = Literal["submitting", "unknown"] | JobStatus
-DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
 T = TypeVar("T")
 
 # Who wrote a 'submitting' row: a restarted server can tell a submit cut off by a crash from one in flight.
@@ -54,68 +65,102 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "error", "unknown"})
+# --- the schema, derived from the Job model -----------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    request_id TEXT,
-    current_request_id TEXT,
-    polling_url TEXT,
-    status TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    request_json TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    video_seconds INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    attempt_ids TEXT NOT NULL DEFAULT '[]',
-    media_url TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    submitted_at REAL,
-    updated_at REAL NOT NULL,
-    finished_at REAL,
-    download_state TEXT NOT NULL DEFAULT 'off',
-    download_error TEXT,
-    download_attempts INTEGER NOT NULL DEFAULT 0,
-    download_lease REAL,
-    download_owner TEXT,
-    local_path TEXT,
-    sha256 TEXT,
-    size_bytes INTEGER,
-    parent_id TEXT,
-    owner TEXT,
-    webhook_token TEXT UNIQUE,
-    extra_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE TABLE IF NOT EXISTS aliases (
-    alias TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL REFERENCES jobs (job_id)
-);
-"""
+# Columns the ledger keeps for itself: the download lease, and room for later fields without a migration.
+_LEDGER_ONLY: Final[Mapping[str, Column]] = {
+    "download_lease": Column("REAL"),
+    "download_owner": Column("TEXT"),
+    "extra_json": Column("TEXT NOT NULL DEFAULT '{}'"),
+}
 
 
-_UPDATABLE = frozenset(
-    {
-        "polling_url",
-        "status",
-        "media_url",
-        "error",
-        "submitted_at",
-        "finished_at",
-        "download_state",
-        "download_error",
-        "download_attempts",
-        "download_lease",
-        "local_path",
-        "sha256",
-        "size_bytes",
-    }
-)
+@dataclass(frozen=True)
+class _Stored:
+    column: str
+    spec: Column
+    field: str | None  # the Job field it holds; None for a ledger-only column
+
+
+def _stored_columns() -> tuple[_Stored, ...]:
+    stored = []
+    for name, info in Job.model_fields.items():
+        (spec,) = (m for m in info.metadata if isinstance(m, Column))
+        stored.append(_Stored(spec.name or name, spec, name))
+    return (*stored, *(_Stored(name, spec, None) for name, spec in _LEDGER_ONLY.items()))
+
+
+_COLUMNS: Final = _stored_columns()
+_BY_FIELD: Final = {c.field: c for c in _COLUMNS if c.field is not None}
+
+# What each schema version adds besides its columns. A released version never changes: the next change is a new
+# version, so a ledger of any age is brought up to date by applying the versions it lacks in order.
+_EXTRA_DDL: Final[Mapping[int, tuple[str, ...]]] = {
+    1: (
+        "CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)",
+        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+        "CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs (job_id))",
+    ),
+}
+SCHEMA_VERSION: Final = max(*_EXTRA_DDL, *(c.spec.since for c in _COLUMNS))
+
+
+def migration(version: int) -> list[str]:
+    """The statements that bring a ledger from ``version - 1`` to ``version``."""
+    added = [f"{c.column} {c.spec.sql}" for c in _COLUMNS if c.spec.since == version]
+    if version == 1:
+        # IF NOT EXISTS: ledgers from before schema versions (user_version 0) already hold version 1.
+        statements = [f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(added)})"]
+    else:
+        # SQLite adds a column only without UNIQUE or PRIMARY KEY, and NOT NULL only with a default.
+        statements = [f"ALTER TABLE jobs ADD COLUMN {declaration}" for declaration in added]
+    return [*statements, *_EXTRA_DDL.get(version, ())]
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job.model_validate(
+        {field: json.loads(row[c.column]) if c.spec.as_json else row[c.column] for field, c in _BY_FIELD.items()}
+    )
+
+
+def _to_columns(fields: Mapping[str, object]) -> dict[str, object]:
+    """Job field values as column values."""
+    out: dict[str, object] = {}
+    for field, value in fields.items():
+        c = _BY_FIELD[field]
+        if not c.spec.as_json:
+            out[c.column] = value
+        elif isinstance(value, BaseModel):
+            out[c.column] = value.model_dump_json()
+        else:
+            out[c.column] = json.dumps(value)
+    return out
+
+
+def _marks(values: Collection[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+class JobUpdate(TypedDict, total=False):
+    """What ``Store.update`` may set, typed as the Job fields it sets; the ledger keeps the other columns itself."""
+
+    polling_url: str | None
+    status: JobStatus
+    media_url: str | None
+    error: str | None
+    submitted_at: float | None
+    finished_at: float | None
+    download_state: DownloadState
+    download_error: str | None
+    download_attempts: int
+    local_path: str | None
+    sha256: str | None
+    size_bytes: int | None
+    attempt_id: str  # not a column: appends a gateway request id to attempt_ids (and its alias)
+
+
+_UPDATABLE: Final = JobUpdate.__optional_keys__ - {"attempt_id"}
 
 
 @dataclass(frozen=True)
@@ -133,10 +178,11 @@ def _utc_day_bounds(now: float) -> tuple[float, float]:
 
 def _check_guards(conn: sqlite3.Connection, guards: Guards, seconds: int, now: float) -> None:
     if guards.max_active_jobs is not None:
+        active_states = sorted(ACTIVE)
         active = int(
-            conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('submitting', 'queued', 'processing')").fetchone()[
-                0
-            ]
+            conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(active_states)})", active_states
+            ).fetchone()[0]
         )
         if active >= guards.max_active_jobs:
             raise SpendLimitError(
@@ -148,10 +194,12 @@ def _check_guards(conn: sqlite3.Connection, guards: Guards, seconds: int, now: f
             )
     if guards.daily_seconds is not None:
         start, end = _utc_day_bounds(now)
+        free = sorted(NOT_CHARGED)
         used = int(
             conn.execute(
-                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status != 'error'",
-                (start,),
+                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs "
+                f"WHERE created_at >= ? AND status NOT IN ({_marks(free)})",
+                (start, *free),
             ).fetchone()[0]
         )
         left = max(0, guards.daily_seconds - used)
@@ -164,89 +212,58 @@ def _check_guards(conn: sqlite3.Connection, guards: Guards, seconds: int, now: f
                 remaining=left,
                 resets_at=resets,
                 hint=f"Ask for at most {left} s, or wait until {resets} (UTC midnight)."
-                if left >= 3
+                if left >= limits.DURATION_MIN_S
                 else f"Wait until {resets} (UTC midnight), when the budget resets.",
             )
 
 
-class Job(BaseModel):
-    """A job as the ledger holds it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    request_id: str | None
-    current_request_id: str | None
-    polling_url: str | None
-    status: LedgerStatus
-    mode: Literal["live", "sandbox"]
-    request: GenerationRequest
-    fingerprint: str
-    idempotency_key: str | None
-    video_seconds: int
-    attempts: int
-    attempt_ids: tuple[str, ...]
-    media_url: str | None
-    error: str | None
-    created_at: float
-    submitted_at: float | None
-    updated_at: float
-    finished_at: float | None
-    download_state: DownloadState
-    download_error: str | None
-    download_attempts: int
-    local_path: str | None
-    sha256: str | None
-    size_bytes: int | None
-    parent_id: str | None
-    owner: str | None = None
-    webhook_token: str | None = Field(default=None, repr=False, exclude=True)
-
-    @property
-    def id(self) -> str:
-        """The public id: the gateway's first request id once known, else the local job id."""
-        return self.request_id or self.job_id
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATES
-
-    @property
-    def settled(self) -> bool:
-        """Final, and no download still to come: nothing about this job will change by itself."""
-        return self.final and self.download_state not in ("pending", "downloading")
+def _existing(
+    conn: sqlite3.Connection, idempotency_key: str | None, fingerprint: str, since: float | None
+) -> Job | None:
+    """The job a new request would repeat: same idempotency key, or (``since`` given) the same request since then."""
+    if idempotency_key is not None:
+        row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+        if row is not None:
+            return _row_to_job(row)
+    if since is not None:
+        failed = sorted(GATEWAY_FAILED)
+        row = conn.execute(
+            f"SELECT * FROM jobs WHERE fingerprint = ? AND created_at >= ? AND status NOT IN ({_marks(failed)}) "
+            "ORDER BY created_at DESC LIMIT 1",
+            (fingerprint, since, *failed),
+        ).fetchone()
+        if row is not None:
+            return _row_to_job(row)
+    return None
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(
-        job_id=row["job_id"],
-        request_id=row["request_id"],
-        current_request_id=row["current_request_id"],
-        polling_url=row["polling_url"],
-        status=row["status"],
-        mode=row["mode"],
-        request=GenerationRequest.model_validate_json(row["request_json"]),
-        fingerprint=row["fingerprint"],
-        idempotency_key=row["idempotency_key"],
-        video_seconds=row["video_seconds"],
-        attempts=row["attempts"],
-        attempt_ids=tuple(json.loads(row["attempt_ids"])),
-        media_url=row["media_url"],
-        error=row["error"],
-        created_at=row["created_at"],
-        submitted_at=row["submitted_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        download_state=row["download_state"],
-        download_error=row["download_error"],
-        download_attempts=row["download_attempts"],
-        local_path=row["local_path"],
-        sha256=row["sha256"],
-        size_bytes=row["size_bytes"],
-        parent_id=row["parent_id"],
-        owner=row["owner"],
-        webhook_token=row["webhook_token"],
-    )
+def _job_row(conn: sqlite3.Connection, job_id: str) -> Job:
+    return _row_to_job(conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read-modify-write transaction: BEGIN IMMEDIATE takes the write lock first, so no other process interleaves."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Brings the ledger to ``SCHEMA_VERSION``, once however many processes open it at the same time."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return  # a newer server's ledger only has columns added, which this one does not read
+    with _write(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in migration(step):
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class Store:
@@ -261,7 +278,7 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.executescript(_SCHEMA)
+        _migrate(self._conn)
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -276,24 +293,13 @@ class Store:
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
-    @staticmethod
-    @contextmanager
-    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     # --- creation ---------------------------------------------------------------------------------------------
 
     async def create(
         self,
         request: GenerationRequest,
         *,
-        mode: Literal["live", "sandbox"],
+        mode: Mode,
         idempotency_key: str | None = None,
         dedupe_seconds: float = 0.0,
         parent_id: str | None = None,
@@ -308,46 +314,36 @@ class Store:
         """
         fingerprint = request.fingerprint()
         now = self._clock()
+        job_id = "job_" + uuid.uuid4().hex
+        row = _to_columns(
+            {
+                "job_id": job_id,
+                "status": "submitting",
+                "mode": mode,
+                "request": request,
+                "fingerprint": fingerprint,
+                "idempotency_key": idempotency_key,
+                "video_seconds": request.video_seconds,
+                "created_at": now,
+                "updated_at": now,
+                "download_state": "pending" if download else "off",
+                "parent_id": parent_id,
+                "owner": PROCESS_OWNER,
+                "webhook_token": secrets.token_urlsafe(24),  # names this job in its webhook URL; unguessable
+            }
+        )
+        since = now - dedupe_seconds if dedupe_seconds > 0 else None
 
         def op(conn: sqlite3.Connection) -> tuple[Job, bool]:
-            with self._write(conn):
-                if idempotency_key is not None:
-                    row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                    if row is not None:
-                        return _row_to_job(row), False
-                if dedupe_seconds > 0:
-                    row = conn.execute(
-                        "SELECT * FROM jobs WHERE fingerprint = ? AND created_at >= ? "
-                        "AND status NOT IN ('failed', 'error') ORDER BY created_at DESC LIMIT 1",
-                        (fingerprint, now - dedupe_seconds),
-                    ).fetchone()
-                    if row is not None:
-                        return _row_to_job(row), False
+            with _write(conn):
+                existing = _existing(conn, idempotency_key, fingerprint, since)
+                if existing is not None:
+                    return existing, False
                 if guards is not None:
                     _check_guards(conn, guards, request.video_seconds, now)
-                job_id = "job_" + uuid.uuid4().hex
-                conn.execute(
-                    "INSERT INTO jobs (job_id, status, mode, request_json, fingerprint, idempotency_key, "
-                    "video_seconds, created_at, updated_at, download_state, parent_id, owner, webhook_token) "
-                    "VALUES (?, 'submitting', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        mode,
-                        request.model_dump_json(),
-                        fingerprint,
-                        idempotency_key,
-                        request.video_seconds,
-                        now,
-                        now,
-                        "pending" if download else "off",
-                        parent_id,
-                        PROCESS_OWNER,
-                        secrets.token_urlsafe(24),  # names this job in its webhook URL; unguessable
-                    ),
-                )
+                conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({_marks(row)})", tuple(row.values()))
                 conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))
-                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                return _row_to_job(row), True
+                return _job_row(conn, job_id), True
 
         return await self._run(op)
 
@@ -377,12 +373,11 @@ class Store:
 
         return await self._run(op)
 
-    async def recent(self, *, statuses: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
+    async def recent(self, *, statuses: Sequence[JobStatus] | None = None, limit: int = 20) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:
             if statuses:
-                marks = ",".join("?" * len(statuses))
                 rows = conn.execute(
-                    f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+                    f"SELECT * FROM jobs WHERE status IN ({_marks(statuses)}) ORDER BY created_at DESC LIMIT ?",
                     (*statuses, limit),
                 ).fetchall()
             else:
@@ -393,11 +388,13 @@ class Store:
 
     async def unsettled(self) -> list[Job]:
         """Jobs that still need work: not final, or final with a download still owed."""
+        final, owed = sorted(FINAL), sorted(DOWNLOAD_OWED)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
-                "SELECT * FROM jobs WHERE status NOT IN ('completed', 'failed', 'error', 'unknown') "
-                "OR (status = 'completed' AND download_state IN ('pending', 'downloading')) ORDER BY created_at"
+                f"SELECT * FROM jobs WHERE status NOT IN ({_marks(final)}) "
+                f"OR (status = 'completed' AND download_state IN ({_marks(owed)})) ORDER BY created_at",
+                (*final, *owed),
             ).fetchall()
             return [_row_to_job(r) for r in rows]
 
@@ -405,31 +402,22 @@ class Store:
 
     # --- updates ----------------------------------------------------------------------------------------------
 
-    async def update(self, job_id: str, **fields: Any) -> Job:
+    async def update(self, job_id: str, **fields: Unpack[JobUpdate]) -> Job:
         """Sets columns of one job; ``attempt_id`` appends a gateway request id (and its alias)."""
-        attempt_id: str | None = fields.pop("attempt_id", None)
-        unknown = set(fields) - _UPDATABLE
+        attempt_id = fields.pop("attempt_id", None)
+        unknown = set(fields) - _UPDATABLE  # for callers mypy does not see
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        fields["updated_at"] = self._clock()
+        values: dict[str, object] = {**fields, "updated_at": self._clock()}
 
         def op(conn: sqlite3.Connection) -> Job:
-            with self._write(conn):
+            with _write(conn):
                 if attempt_id is not None:
-                    row = conn.execute(
-                        "SELECT attempt_ids, request_id FROM jobs WHERE job_id = ?", (job_id,)
-                    ).fetchone()
-                    ids = [*json.loads(row["attempt_ids"]), attempt_id]
-                    fields["attempt_ids"] = json.dumps(ids)
-                    fields["attempts"] = len(ids)
-                    fields["current_request_id"] = attempt_id
-                    if row["request_id"] is None:
-                        fields["request_id"] = attempt_id
-                    conn.execute("INSERT OR IGNORE INTO aliases (alias, job_id) VALUES (?, ?)", (attempt_id, job_id))
-                sets = ", ".join(f"{name} = ?" for name in fields)
-                conn.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
-                row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                return _row_to_job(row)
+                    values.update(_add_attempt(conn, job_id, attempt_id))
+                columns = _to_columns(values)
+                sets = ", ".join(f"{name} = ?" for name in columns)
+                conn.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*columns.values(), job_id))
+                return _job_row(conn, job_id)
 
         return await self._run(op)
 
@@ -438,7 +426,7 @@ class Store:
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> Job | None:
-            with self._write(conn):
+            with _write(conn):
                 row = conn.execute(
                     "SELECT status, download_state, download_lease, download_owner FROM jobs WHERE job_id = ?",
                     (job_id,),
@@ -455,6 +443,17 @@ class Store:
                     "updated_at = ? WHERE job_id = ?",
                     (now + lease_seconds, PROCESS_OWNER, now, job_id),
                 )
-                return _row_to_job(conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
+                return _job_row(conn, job_id)
 
         return await self._run(op)
+
+
+def _add_attempt(conn: sqlite3.Connection, job_id: str, attempt_id: str) -> dict[str, object]:
+    """The fields that record one more gateway attempt; the first attempt's id becomes the job's public id."""
+    row = conn.execute("SELECT attempt_ids, request_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    ids = [*json.loads(row["attempt_ids"]), attempt_id]
+    fields: dict[str, object] = {"attempt_ids": ids, "attempts": len(ids), "current_request_id": attempt_id}
+    if row["request_id"] is None:
+        fields["request_id"] = attempt_id
+    conn.execute("INSERT OR IGNORE INTO aliases (alias, job_id) VALUES (?, ?)", (attempt_id, job_id))
+    return fields

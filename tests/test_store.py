@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any, get_type_hints
 
 import anyio
 import pytest
 
+from kling_mcp import store as store_module
 from kling_mcp.errors import JobNotFoundError, SpendLimitError
+from kling_mcp.models import Column, Job
 from kling_mcp.pixazo import GenerationRequest
-from kling_mcp.store import Guards, Store
+from kling_mcp.store import Guards, JobUpdate, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +142,141 @@ async def test_unsettled_lists_running_jobs_and_owed_downloads(tmp_path: Path) -
     done, _ = await store.create(req("c"), mode="sandbox")
     await store.update(done.job_id, status="completed", download_state="done")
     assert {j.job_id for j in await store.unsettled()} == {running.job_id, owed.job_id}
+
+
+# The ledger schema as released before schema versions existed (user_version 0): ledgers on disk hold it.
+SCHEMA_BEFORE_VERSIONS = """
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    current_request_id TEXT,
+    polling_url TEXT,
+    status TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    video_seconds INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_ids TEXT NOT NULL DEFAULT '[]',
+    media_url TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    submitted_at REAL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    download_state TEXT NOT NULL DEFAULT 'off',
+    download_error TEXT,
+    download_attempts INTEGER NOT NULL DEFAULT 0,
+    download_lease REAL,
+    download_owner TEXT,
+    local_path TEXT,
+    sha256 TEXT,
+    size_bytes INTEGER,
+    parent_id TEXT,
+    owner TEXT,
+    webhook_token TEXT UNIQUE,
+    extra_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX jobs_fingerprint ON jobs (fingerprint, created_at);
+CREATE INDEX jobs_status ON jobs (status);
+CREATE INDEX jobs_created ON jobs (created_at);
+CREATE TABLE aliases (
+    alias TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs (job_id)
+);
+"""
+
+
+def old_ledger(path: Path) -> None:
+    """A ledger as the server before schema versions left it, with one job in it."""
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_BEFORE_VERSIONS)
+    conn.execute(
+        "INSERT INTO jobs (job_id, request_id, current_request_id, status, mode, request_json, fingerprint, "
+        "video_seconds, attempts, attempt_ids, created_at, updated_at) "
+        "VALUES ('job_old', 'gw_old', 'gw_old', 'queued', 'sandbox', ?, ?, 5, 1, '[\"gw_old\"]', 1.0, 2.0)",
+        (req().model_dump_json(), req().fingerprint()),
+    )
+    conn.executemany("INSERT INTO aliases VALUES (?, 'job_old')", [("job_old",), ("gw_old",)])
+    conn.commit()
+    conn.close()
+
+
+def shape(path: Path) -> dict[str, object]:
+    """What a schema means to SQLite: each table's columns (by name: every query names them) and its indexes."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = {t: [c[1:] for c in conn.execute(f"PRAGMA table_info({t})")] for t in ("jobs", "aliases")}
+        indexes = {
+            (t, tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{i[1]}')")), i[2])
+            for t in ("jobs", "aliases")
+            for i in conn.execute(f"PRAGMA index_list({t})")
+        }
+        return {"columns": {t: sorted(cols) for t, cols in tables.items()}, "indexes": indexes}
+    finally:
+        conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_the_schema_derived_from_the_job_model_is_the_released_one(tmp_path: Path) -> None:
+    Store(tmp_path / "new.db").close()
+    old_ledger(tmp_path / "old.db")
+    assert shape(tmp_path / "new.db") == shape(tmp_path / "old.db")
+    assert user_version(tmp_path / "new.db") == store_module.SCHEMA_VERSION
+
+
+async def test_a_ledger_from_before_schema_versions_opens_with_its_jobs(tmp_path: Path) -> None:
+    old_ledger(tmp_path / "l.db")
+    assert user_version(tmp_path / "l.db") == 0
+    store = Store(tmp_path / "l.db")
+    job = await store.get("gw_old")
+    assert (job.job_id, job.status, job.attempt_ids, job.request) == ("job_old", "queued", ("gw_old",), req())
+    updated = await store.update(job.job_id, status="completed", media_url="http://x/y.mp4")
+    assert updated.media_url == "http://x/y.mp4"
+    _, created = await store.create(req("a new one"), mode="sandbox")
+    assert created
+    store.close()
+    assert user_version(tmp_path / "l.db") == store_module.SCHEMA_VERSION
+
+
+async def test_a_new_schema_version_adds_its_columns_to_an_existing_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store(tmp_path / "l.db").close()
+    first, _ = await (store := Store(tmp_path / "l.db")).create(req(), mode="sandbox")
+    store.close()
+    later = store_module._Stored("note", Column("TEXT NOT NULL DEFAULT ''", since=2), None)
+    monkeypatch.setattr(store_module, "_COLUMNS", (*store_module._COLUMNS, later))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    migrated = Store(tmp_path / "l.db")
+    assert (await migrated.get(first.job_id)).job_id == first.job_id
+    migrated.close()
+    Store(tmp_path / "l.db").close()  # at the current version, opening changes nothing
+    assert user_version(tmp_path / "l.db") == 2
+    conn = sqlite3.connect(tmp_path / "l.db")
+    assert conn.execute("SELECT note FROM jobs").fetchall() == [("",)]
+    conn.close()
+
+
+def test_every_updatable_field_is_typed_as_the_job_field_it_sets() -> None:
+    hints = get_type_hints(JobUpdate)
+    assert hints.pop("attempt_id") is str
+    assert hints
+    assert {name: Job.model_fields[name].annotation for name in hints} == hints
+
+
+async def test_an_update_of_a_column_the_ledger_keeps_itself_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "l.db")
+    job, _ = await store.create(req(), mode="sandbox")
+    untyped: Any = store  # what mypy would refuse, from a caller it does not check
+    with pytest.raises(ValueError, match="fingerprint"):
+        await untyped.update(job.job_id, fingerprint="forged")
+    assert (await store.get(job.job_id)).fingerprint == job.fingerprint

@@ -13,9 +13,9 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
+from kling_mcp.models import Job
 from kling_mcp.server import sdk
 from kling_mcp.server.uris import job_uri
-from kling_mcp.store import Job
 
 log = logging.getLogger("kling_mcp")
 

@@ -16,17 +16,15 @@ from pydantic import BaseModel, ConfigDict
 from kling_mcp import limits
 from kling_mcp.errors import KlingError
 from kling_mcp.jobs import expected_seconds
+from kling_mcp.models import ACTIVE, GATEWAY_FAILED, Endpoint, Job, JobStatus, Mode
 from kling_mcp.runtime import Runtime
 from kling_mcp.server.uris import job_uri
-from kling_mcp.store import Job
 
 log = logging.getLogger("kling_mcp")
 
-JobStatusName = Literal["submitting", "queued", "processing", "completed", "failed", "error", "unknown"]
-
 
 class JobParams(BaseModel):
-    endpoint: Literal["text_to_video", "image_to_video"]
+    endpoint: Endpoint
     prompt: str | None = None
     shots: list[limits.Shot] | None = None
     duration: int
@@ -40,11 +38,11 @@ class JobOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     request_id: str
-    status: JobStatusName
+    status: JobStatus
     media_url: str | None
     local_path: str | None
     resource_uri: str
-    mode: Literal["live", "sandbox"]
+    mode: Mode
     params: dict[str, Any]
     video_seconds: int
     elapsed_s: float
@@ -181,7 +179,7 @@ def _state_lines(result: JobResult, job: Job) -> list[str]:
         elif result.download.startswith("failed"):
             lines.append(f"Download {result.download}; the URL above may expire, fetch it soon.")
         return lines
-    if result.status in ("queued", "processing", "submitting"):
+    if result.status in ACTIVE:
         eta = f", about {result.eta_s:.0f}s left" if result.eta_s else ""
         return [
             f"Job {result.request_id} is {result.status} ({result.elapsed_s:.0f}s elapsed{eta}).",
@@ -233,7 +231,7 @@ async def tool_result(job: Job, *, runtime: Runtime, reused: bool = False, wait_
     return CallToolResult(
         content=content,
         structured_content=result.model_dump(mode="json"),
-        is_error=result.status in ("failed", "error"),
+        is_error=result.status in GATEWAY_FAILED,
     )
 
 

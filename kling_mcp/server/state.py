@@ -78,7 +78,7 @@ class Startup:
         return self._runtime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AppState:
     settings: Settings
     notifier: Notifier

@@ -19,14 +19,13 @@ from kling_mcp import limits
 from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
 from kling_mcp.images import resolve_image
 from kling_mcp.jobs import Submitted
-from kling_mcp.pixazo import GenerationRequest
+from kling_mcp.models import GenerationRequest, Job, JobStatus
 from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.runtime import Runtime
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
-from kling_mcp.server.results import FilmOut, JobList, JobOut, JobStatusName, film_result, job_out, tool_result
+from kling_mcp.server.results import FilmOut, JobList, JobOut, film_result, job_out, tool_result
 from kling_mcp.server.state import AppState, runtime_of
 from kling_mcp.server.uris import job_uri
-from kling_mcp.store import Job
 
 WAIT_MAX_S = 600.0  # a tool call may be asked to wait at most this long, whatever the default
 MAX_CONCAT = 50
@@ -286,7 +285,7 @@ async def check_status(
 
 async def list_jobs(
     ctx: Context[AppState],
-    status: Annotated[JobStatusName | None, Field(description="Only jobs in this state.")] = None,
+    status: Annotated[JobStatus | None, Field(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Field(ge=1, le=200, description="Most recent first.")] = 20,
 ) -> JobList:
     """Jobs in the ledger, newest first, across server restarts."""

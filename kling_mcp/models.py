@@ -1,0 +1,165 @@
+"""The job model, stated once: its statuses and the sets of them that mean something, its mode, the request it
+pays for, and the job as the ledger holds it. MCP-agnostic, and free of the gateway client and the ledger, so
+both (and the server's results) can import it.
+
+Each ``Job`` field carries its ledger column (``Column``): the ledger derives its schema, its row mapping and its
+migrations from these fields, so a column is declared in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kling_mcp import limits
+from kling_mcp.errors import InvalidInputError
+
+Mode = Literal["live", "sandbox"]  # live requests cost money; sandbox ones go to the built-in gateway
+
+Endpoint = Literal["text_to_video", "image_to_video"]
+
+# The five states a gateway answer is normalised onto (docs/pixazo-contract.md §5 Status polling and status values).
+GatewayState = Literal["queued", "processing", "completed", "failed", "error"]
+# A job adds two of its own: 'submitting' before the gateway has answered the submit, 'unknown' when it never will.
+JobStatus = Literal["submitting", GatewayState, "unknown"]
+
+RUNNING: Final[frozenset[JobStatus]] = frozenset({"queued", "processing"})  # at the gateway, polled until final
+ACTIVE: Final[frozenset[JobStatus]] = RUNNING | {"submitting"}  # counts against KLING_MCP_MAX_ACTIVE_JOBS
+FINAL: Final[frozenset[JobStatus]] = frozenset({"completed", "failed", "error", "unknown"})
+NO_VIDEO: Final[frozenset[JobStatus]] = FINAL - {"completed"}  # ended without a video: no download is owed
+GATEWAY_FAILED: Final[frozenset[JobStatus]] = frozenset({"failed", "error"})  # the gateway ended it without a video
+# ERROR is a system failure and not billed (docs/pixazo-contract.md §5 Status polling and status values).
+NOT_CHARGED: Final[frozenset[JobStatus]] = frozenset({"error"})
+
+DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
+DOWNLOAD_OWED: Final[frozenset[DownloadState]] = frozenset({"pending", "downloading"})
+
+
+class GenerationRequest(BaseModel):
+    """One paid generation, validated against every limit before anything is sent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: Endpoint
+    prompt: str | None = None
+    shots: tuple[limits.Shot, ...] | None = None
+    duration: int = limits.DURATION_DEFAULT_S
+    aspect_ratio: limits.AspectRatio = limits.ASPECT_RATIO_DEFAULT
+    image_url: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerationRequest:
+        if self.prompt is not None:
+            limits.check_prompt(self.prompt)
+        if self.shots is not None:
+            if self.prompt is not None:
+                raise InvalidInputError(
+                    "shots",
+                    "exclusive with a single prompt",
+                    "both given",
+                    "put the prompt into the first shot",
+                )
+            limits.check_shots(self.shots)
+        else:
+            limits.check_duration(self.duration)
+        if self.endpoint == "text_to_video":
+            if self.prompt is None and self.shots is None:
+                raise InvalidInputError("prompt", "given for text-to-video", None, "describe the clip")
+            if self.image_url is not None:
+                raise InvalidInputError(
+                    "image_url", "absent for text-to-video", self.image_url, "use the image-to-video endpoint"
+                )
+        elif not self.image_url:
+            raise InvalidInputError("image_url", "given for image-to-video", None, "pass the first frame's URL")
+        return self
+
+    @property
+    def video_seconds(self) -> int:
+        """Seconds of output video, which is what the gateway bills."""
+        return sum(s.duration for s in self.shots) if self.shots else self.duration
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body the gateway expects (docs/pixazo-contract.md §3 Request bodies and limits)."""
+        body: dict[str, Any] = {"aspect_ratio": self.aspect_ratio}
+        if self.shots is not None:
+            body["multi_prompt"] = [{"prompt": s.prompt, "duration": s.duration} for s in self.shots]
+        else:
+            body["duration"] = self.duration
+            if self.prompt is not None:
+                body["prompt"] = self.prompt
+        if self.image_url is not None:
+            body["image_url"] = self.image_url
+        return body
+
+    def fingerprint(self) -> str:
+        """Stable hash of what would be paid for; identical requests share it."""
+        canonical = json.dumps({"endpoint": self.endpoint, **self.body()}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Column:
+    """How a field is kept in the ledger.
+
+    ``sql`` is the column's declaration and ``since`` the ledger schema version that added it; neither may change
+    once released, because migrations are derived from them. ``name`` is the column's name where it differs from
+    the field's, and ``as_json`` stores the value as JSON text.
+    """
+
+    sql: str
+    since: int = 1
+    name: str | None = None
+    as_json: bool = False
+
+
+class Job(BaseModel):
+    """A job as the ledger holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: Annotated[str, Column("TEXT PRIMARY KEY")]
+    request_id: Annotated[str | None, Column("TEXT")]  # the gateway's first request id: the job's public id
+    current_request_id: Annotated[str | None, Column("TEXT")]  # the attempt being polled
+    polling_url: Annotated[str | None, Column("TEXT")]
+    status: Annotated[JobStatus, Column("TEXT NOT NULL")]
+    mode: Annotated[Mode, Column("TEXT NOT NULL")]
+    request: Annotated[GenerationRequest, Column("TEXT NOT NULL", name="request_json", as_json=True)]
+    fingerprint: Annotated[str, Column("TEXT NOT NULL")]
+    idempotency_key: Annotated[str | None, Column("TEXT UNIQUE")]
+    video_seconds: Annotated[int, Column("INTEGER NOT NULL")]
+    attempts: Annotated[int, Column("INTEGER NOT NULL DEFAULT 0")]
+    attempt_ids: Annotated[tuple[str, ...], Column("TEXT NOT NULL DEFAULT '[]'", as_json=True)]
+    media_url: Annotated[str | None, Column("TEXT")]
+    error: Annotated[str | None, Column("TEXT")]
+    created_at: Annotated[float, Column("REAL NOT NULL")]
+    submitted_at: Annotated[float | None, Column("REAL")]
+    updated_at: Annotated[float, Column("REAL NOT NULL")]
+    finished_at: Annotated[float | None, Column("REAL")]
+    download_state: Annotated[DownloadState, Column("TEXT NOT NULL DEFAULT 'off'")]
+    download_error: Annotated[str | None, Column("TEXT")]
+    download_attempts: Annotated[int, Column("INTEGER NOT NULL DEFAULT 0")]
+    local_path: Annotated[str | None, Column("TEXT")]
+    sha256: Annotated[str | None, Column("TEXT")]
+    size_bytes: Annotated[int | None, Column("INTEGER")]
+    parent_id: Annotated[str | None, Column("TEXT")]  # the job this one continues (extend_video)
+    owner: Annotated[str | None, Column("TEXT")] = None  # the process that wrote the 'submitting' row
+    # Names this job in its webhook URL, so it is kept out of every dump and repr.
+    webhook_token: Annotated[str | None, Column("TEXT UNIQUE"), Field(repr=False, exclude=True)] = None
+
+    @property
+    def id(self) -> str:
+        """The public id: the gateway's first request id once known, else the local job id."""
+        return self.request_id or self.job_id
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def settled(self) -> bool:
+        """Final, and no download still to come: nothing about this job will change by itself."""
+        return self.final and self.download_state not in DOWNLOAD_OWED

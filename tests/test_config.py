@@ -1,0 +1,94 @@
+"""Settings from the environment: every variable reaches its field, a blank one keeps the default, a bad one is
+refused with a message that names it."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from kling_mcp.config import DEFAULT_T2V_PATH, GatewayPaths, Settings
+from kling_mcp.errors import ConfigurationError
+
+# A valid value for each variable, and the value the setting then holds.
+READS = {
+    "KLING_MCP_MODE": ("Sandbox", "mode", "sandbox"),
+    "PIXAZO_API_KEY": (" sk_1 ", "api_key", "sk_1"),
+    "PIXAZO_BASE_URL": ("http://gw.test//", "base_url", "http://gw.test"),
+    "KLING_MCP_POLL_INTERVAL": ("0.05", "poll_interval", 0.05),
+    "KLING_MCP_MAX_WAIT": ("0", "max_wait", 0.0),
+    "KLING_MCP_REQUEST_TIMEOUT": ("1e1", "request_timeout", 10.0),
+    "KLING_MCP_STATE_DIR": ("/tmp/s", "state_dir", Path("/tmp/s")),
+    "KLING_MCP_OUTPUT_DIR": ("/tmp/o", "output_dir", Path("/tmp/o")),
+    "KLING_MCP_DOWNLOAD": ("off", "download", False),
+    "KLING_MCP_DEDUPE_SECONDS": ("0", "dedupe_seconds", 0.0),
+    "KLING_MCP_ERROR_RETRIES": ("3.7", "error_retries", 3),
+    "KLING_MCP_MAX_ACTIVE_JOBS": ("3", "max_active_jobs", 3),
+    "KLING_MCP_DAILY_SECONDS": ("0", "daily_seconds", 0),
+    "KLING_MCP_CONFIRM_ABOVE_SECONDS": ("10", "confirm_above_seconds", 10),
+    "KLING_MCP_ALLOW_PRIVATE_URLS": ("YES", "allow_private_urls", True),
+    "KLING_MCP_AUTH_TOKEN": (" a, b ,,", "auth_tokens", ("a", "b")),
+    "KLING_MCP_PUBLIC_URL": ("https://me.test/", "public_url", "https://me.test"),
+    "KLING_MCP_WEBHOOK_POLL_INTERVAL": ("5", "webhook_poll_interval", 5.0),
+    "KLING_MCP_ALLOWED_HOSTS": ("h1,h2", "allowed_hosts", ("h1", "h2")),
+    "KLING_MCP_ALLOWED_ORIGINS": ("https://o.test", "allowed_origins", ("https://o.test",)),
+    "KLING_MCP_SANDBOX_TIME_SCALE": ("100", "sandbox_time_scale", 100.0),
+    "KLING_MCP_SANDBOX_RENDER_SIZE": ("320X180", "sandbox_render_size", (320, 180)),
+    "KLING_MCP_SANDBOX_FPS": ("12", "sandbox_fps", 12),
+    "KLING_MCP_LOG_LEVEL": ("debug", "log_level", "DEBUG"),
+}
+
+
+def test_every_setting_read_from_the_environment_is_checked_here() -> None:
+    assert {f.metadata["env"] for f in fields(Settings) if "env" in f.metadata} == set(READS)
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_each_variable_sets_its_field(name: str) -> None:
+    raw, field, value = READS[name]
+    settings = Settings.from_env({name: raw})
+    assert getattr(settings, field) == value
+    assert getattr(Settings(), field) != value
+    assert Settings.from_env({name: "  "}) == Settings()
+
+
+def test_the_gateway_paths_are_read_and_default_when_blank() -> None:
+    settings = Settings.from_env(
+        {"PIXAZO_T2V_PATH": "", "PIXAZO_I2V_PATH": "/i", "PIXAZO_STATUS_PATH": "/s/{request_id}"}
+    )
+    assert settings.paths == GatewayPaths(text_to_video=DEFAULT_T2V_PATH, image_to_video="/i", status="/s/{request_id}")
+
+
+def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
+    assert Settings.from_env({"KLING_MCP_SANDBOX_FPS": "0"}).sandbox_fps is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message", "hint"),
+    [
+        (
+            {"KLING_MCP_POLL_INTERVAL": "soon"},
+            "KLING_MCP_POLL_INTERVAL='soon' is not a number.",
+            "Unset it to use 5.0.",
+        ),
+        ({"KLING_MCP_ERROR_RETRIES": "x"}, "KLING_MCP_ERROR_RETRIES='x' is not a number.", "Unset it to use 2."),
+        ({"KLING_MCP_DAILY_SECONDS": "x"}, "KLING_MCP_DAILY_SECONDS='x' is not a number.", "Unset it to use 0."),
+        ({"KLING_MCP_MAX_ACTIVE_JOBS": "0"}, "KLING_MCP_MAX_ACTIVE_JOBS='0' must be a number of at least 1.", None),
+        ({"KLING_MCP_MAX_WAIT": "nan"}, "KLING_MCP_MAX_WAIT='nan' must be a number of at least 0.0.", None),
+        ({"KLING_MCP_DOWNLOAD": "maybe"}, "KLING_MCP_DOWNLOAD='maybe' is not a boolean.", "Use 1 or 0."),
+        ({"KLING_MCP_MODE": "prod"}, "KLING_MCP_MODE='prod' must be one of: auto, live, sandbox.", None),
+        (
+            {"KLING_MCP_LOG_LEVEL": "trace"},
+            "KLING_MCP_LOG_LEVEL='trace' must be one of: DEBUG, INFO, WARNING, ERROR.",
+            None,
+        ),
+        ({"KLING_MCP_MODE": "live"}, "KLING_MCP_MODE=live needs PIXAZO_API_KEY.", None),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_variable(env: dict[str, str], message: str, hint: str | None) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(env)
+    assert caught.value.message == message
+    if hint is not None:
+        assert caught.value.hint == hint
