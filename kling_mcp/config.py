@@ -7,6 +7,7 @@ turns a bad value into a ``ConfigurationError`` that names the variable.
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -37,6 +38,20 @@ Parser = Callable[[str, str, Any], object]
 
 
 def _text(name: str, raw: str, default: object) -> str:
+    return raw
+
+
+def _status_path(name: str, raw: str, default: object) -> str:
+    # Formatted per poll with the request id: any other placeholder, or none, would fail or poll one URL for all.
+    try:
+        fields_ = {field_name for _, field_name, _, _ in string.Formatter().parse(raw) if field_name is not None}
+    except ValueError:  # an unmatched brace
+        fields_ = set()
+    if fields_ != {"request_id"} or not raw.startswith("/"):
+        raise ConfigurationError(
+            f"{name}={raw!r} must be a path starting with / that contains {{request_id}} and no other placeholder.",
+            hint=f"Use e.g. {default}.",
+        )
     return raw
 
 
@@ -129,7 +144,7 @@ def _from_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, Any]:
 class GatewayPaths:
     text_to_video: str = field(default=DEFAULT_T2V_PATH, metadata=_env("PIXAZO_T2V_PATH", _text))
     image_to_video: str = field(default=DEFAULT_I2V_PATH, metadata=_env("PIXAZO_I2V_PATH", _text))
-    status: str = field(default=DEFAULT_STATUS_PATH, metadata=_env("PIXAZO_STATUS_PATH", _text))
+    status: str = field(default=DEFAULT_STATUS_PATH, metadata=_env("PIXAZO_STATUS_PATH", _status_path))
 
 
 def _default_state_dir() -> Path:

@@ -157,10 +157,10 @@ class PixazoClient:
             response = await self._http.post(self._base_url + path, content=content, headers=self._headers(extra))
             try:
                 data = _json_or_raise(response, request_id=None)
-            except (RateLimitError, ChallengePageError):
-                raise  # answered before the gateway proper: not taken
+            except RateLimitError:
+                raise  # refused before the gateway proper: not taken
             except GatewayError as exc:
-                exc.maybe_sent = exc.status_code is not None and exc.status_code >= 500
+                exc.maybe_sent = _may_have_taken(exc)
                 raise
             return _parse_submission(data)
 
@@ -283,11 +283,26 @@ def _submit_transport_error(exc: httpx2.TransportError) -> GatewayError:
     )
 
 
+def _may_have_taken(error: GatewayError) -> bool:
+    """Whether a submit answered with ``error`` may have created a (billed) job.
+
+    A 2xx is the gateway's own acceptance, whatever its body; a 5xx comes from the gateway or, as an HTML page, from
+    the CDN about an origin that may have received the request (502, 504, 52x). Only a 503 HTML page is the CDN's
+    own refusal (its challenge or overload page), like every 4xx.
+    """
+    status = error.status_code
+    if status is None:
+        return False
+    if isinstance(error, ChallengePageError):
+        return 200 <= status < 300 or (status >= 500 and status != 503)
+    return 200 <= status < 300 or status >= 500
+
+
 def _submit_retryable(error: GatewayError) -> bool:
     """Only a submit the gateway certainly did not take: a duplicate costs money."""
-    if isinstance(error, RateLimitError | ChallengePageError):
-        return True
-    return isinstance(error, GatewayConnectionError) and not error.maybe_sent
+    if isinstance(error, RateLimitError | ChallengePageError | GatewayConnectionError):
+        return not error.maybe_sent
+    return False
 
 
 _SUBMITS = Retrying("submit", _submit_transport_error, _submit_retryable)

@@ -89,6 +89,7 @@ async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: htt
         time_scale=settings.sandbox_time_scale,
         render_size=settings.sandbox_render_size,
         media_dir=settings.resolved_state_dir / "sandbox-media",
+        paths=settings.paths,  # the built-in gateway serves the routes the client is configured to call
     )
     if settings.sandbox_fps:
         config.fps = settings.sandbox_fps

@@ -266,6 +266,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switches the ledger to WAL, waiting for another process doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler, to a connection that asks for WAL while
+    another one is switching a new file over; servers started together (replicas, tests) would fail to start.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class Store:
     """Async facade over one SQLite connection; every call runs in a worker thread, one at a time."""
 
@@ -275,7 +295,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         _migrate(self._conn)

@@ -84,6 +84,15 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
             None,
         ),
         ({"KLING_MCP_MODE": "live"}, "KLING_MCP_MODE=live needs PIXAZO_API_KEY.", None),
+        *(
+            (
+                {"PIXAZO_STATUS_PATH": path},
+                f"PIXAZO_STATUS_PATH={path!r} must be a path starting with / that contains {{request_id}} and no "
+                "other placeholder.",
+                "Use e.g. /v2/requests/status/{request_id}.",
+            )
+            for path in ("/status", "/status/{id}", "/s/{request_id}/{x}", "s/{request_id}", "/s/{request_id}{")
+        ),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_variable(env: dict[str, str], message: str, hint: str | None) -> None:

@@ -286,3 +286,21 @@ async def test_the_dedupe_window_includes_its_boundary(rig: Rig) -> None:
     assert past.reused is False
     assert past.job.job_id != first.job.job_id
     assert rig.gateway.submit_count == 2
+
+
+async def test_the_built_in_sandbox_serves_the_routes_the_client_is_configured_to_call(tmp_path: Path) -> None:
+    from kling_mcp.config import GatewayPaths
+
+    settings = Settings(
+        mode="sandbox",
+        state_dir=tmp_path / "state",
+        output_dir=tmp_path / "out",
+        sandbox_time_scale=TEST_TIME_SCALE,
+        sandbox_render_size=TINY,
+        paths=GatewayPaths(text_to_video="/renamed/t2v", status="/renamed/status/{request_id}"),
+    )
+    with anyio.fail_after(WAIT):
+        async with open_runtime(settings) as runtime:
+            submitted = await runtime.engine.submit(t2v("renamed routes"))
+            job = await runtime.engine.wait(submitted.job.id, WAIT - 5)
+    assert job.status == "completed", job.error

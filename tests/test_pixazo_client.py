@@ -19,6 +19,7 @@ from kling_mcp.errors import (
     ChallengePageError,
     DownloadError,
     GatewayConnectionError,
+    GatewayError,
     GatewayValidationError,
     InsufficientCreditsError,
     InvalidInputError,
@@ -277,3 +278,36 @@ def test_a_polling_url_on_another_host_is_never_given_the_key() -> None:
 )
 def test_status_spellings_normalise_to_five_states(raw: str, expected: str) -> None:
     assert normalize_status(raw) == expected
+
+
+_CDN_PAGE = "<!DOCTYPE html><html><head><title>A timeout occurred</title></head><body>cloudflare</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "ctype", "body", "maybe_sent"),
+    [
+        (200, "text/plain", "accepted", True),  # the gateway took it, whatever its body says
+        (202, "application/json", "[]", True),
+        (524, "text/html", _CDN_PAGE, True),  # the CDN timed out waiting for an origin that had the request
+        (502, "text/html", _CDN_PAGE, True),
+        (503, "text/html", _CDN_PAGE, False),  # the CDN's own refusal: retried
+        (403, "text/html", _CDN_PAGE, False),  # its bot challenge: retried
+    ],
+)
+async def test_a_submit_the_gateway_may_have_taken_is_never_sent_twice(
+    status: int, ctype: str, body: str, maybe_sent: bool
+) -> None:
+    posts: list[httpx2.Request] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        posts.append(request)
+        return httpx2.Response(status, headers={"content-type": ctype}, text=body)
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as http:
+        client = PixazoClient(
+            http, base_url="https://gateway.test", api_key=KEY, retry=RetryPolicy(attempts=3, base_delay=0.0)
+        )
+        with pytest.raises(GatewayError) as caught:
+            await client.submit(t2v())
+    assert caught.value.maybe_sent is maybe_sent
+    assert len(posts) == (1 if maybe_sent else 3)

@@ -280,3 +280,27 @@ async def test_an_update_of_a_column_the_ledger_keeps_itself_is_refused(tmp_path
     with pytest.raises(ValueError, match="fingerprint"):
         await untyped.update(job.job_id, fingerprint="forged")
     assert (await store.get(job.job_id)).fingerprint == job.fingerprint
+
+
+def test_servers_opening_a_new_ledger_at_the_same_moment_all_start(tmp_path: Path) -> None:
+    # SQLite refuses a second WAL switch at once rather than waiting; a race, so run it often enough to meet it.
+    import threading
+
+    failures: list[BaseException] = []
+    for round_ in range(100):
+        path = tmp_path / f"ledger-{round_}.sqlite3"
+        barrier = threading.Barrier(3)
+
+        def open_close(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(timeout=10)
+            try:
+                Store(path).close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_close) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert failures == []

@@ -143,6 +143,19 @@ def _fault_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--media-url-as-string", action="store_true", help="output.media_url as a string, not a list")
 
 
+# Flags whose destination is the SandboxConfig field of the same name.
+_SAME_NAMED = (
+    "time_scale",
+    "jitter",
+    "render_size",
+    "fps",
+    "media_dir",
+    "public_base_url",
+    "max_concurrent_renders",
+    "webhook_attempts",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     """Raises ``ValueError`` for values the dataclasses refuse."""
     faults = Faults(
@@ -155,18 +168,11 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     if args.keys:
         keys = {key: args.default_balance if amount is None else amount for key, amount in args.keys}
     return SandboxConfig(
-        time_scale=args.time_scale,
-        jitter=args.jitter,
-        render_size=args.render_size,
-        fps=args.fps,
-        media_dir=args.media_dir,
-        public_base_url=args.public_base_url,
+        **{name: getattr(args, name) for name in _SAME_NAMED},
         keys=keys,
         default_balance_s=args.default_balance,
         charge_failed=not args.no_charge_failed,
         faults=faults,
-        max_concurrent_renders=args.max_concurrent_renders,
-        webhook_attempts=args.webhook_attempts,
     )
 
 
