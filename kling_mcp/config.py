@@ -23,6 +23,7 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 SANDBOX_KEY = "sk_sandbox_local"
+WEBHOOK_PATH = "/webhooks/pixazo/"  # under KLING_MCP_PUBLIC_URL, followed by a per-job token
 
 # Paths of the gateway's per-model submit routes; Pixazo has renamed such paths before, so they are settings.
 T2V_API_ID = "kling-video-v3-turbo-pro-text-to-video"

@@ -20,7 +20,6 @@ from typing import Any, Unpack
 import anyio
 from anyio.abc import TaskGroup
 
-from kling_mcp import limits
 from kling_mcp.errors import (
     AuthenticationError,
     BlockedURLError,
@@ -30,7 +29,7 @@ from kling_mcp.errors import (
     NotFoundError,
 )
 from kling_mcp.files import safe_component, stale_temps
-from kling_mcp.models import GATEWAY_FAILED, NO_VIDEO, RUNNING, GenerationRequest, Job, Mode
+from kling_mcp.models import GATEWAY_FAILED, NO_VIDEO, RUNNING, GenerationRequest, Job, Mode, expected_seconds
 from kling_mcp.pixazo import GatewayStatus, PixazoClient, parse_status
 from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
 
@@ -69,13 +68,6 @@ class Submitted:
 @dataclass
 class _Watch:
     event: anyio.Event = field(default_factory=anyio.Event)
-
-
-def expected_seconds(job: Job, time_scale: float = 1.0) -> float:
-    """Expected seconds from submit to completion, from the timing model."""
-    queue = sum(limits.TIMING_QUEUE_S) / 2
-    work = limits.estimated_render_seconds(job.video_seconds, image=job.request.endpoint == "image_to_video")
-    return (queue + work) / time_scale
 
 
 def progress_of(job: Job, now: float, time_scale: float = 1.0) -> tuple[float, float, str]:

@@ -163,3 +163,10 @@ class Job(BaseModel):
     def settled(self) -> bool:
         """Final, and no download still to come: nothing about this job will change by itself."""
         return self.final and self.download_state not in DOWNLOAD_OWED
+
+
+def expected_seconds(job: Job, time_scale: float = 1.0) -> float:
+    """Expected seconds from submit to completion, from the timing model."""
+    queue = sum(limits.TIMING_QUEUE_S) / 2
+    work = limits.estimated_render_seconds(job.video_seconds, image=job.request.endpoint == "image_to_video")
+    return (queue + work) / time_scale

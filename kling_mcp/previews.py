@@ -15,7 +15,7 @@ import anyio
 
 from kling_mcp.errors import InvalidInputError, JobError
 from kling_mcp.files import safe_name
-from kling_mcp.store import Job
+from kling_mcp.models import Job
 
 if TYPE_CHECKING:
     from kling_mcp.media import ConcatResult

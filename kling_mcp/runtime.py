@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import httpx2
 
-from kling_mcp.config import SANDBOX_KEY, Settings
+from kling_mcp.config import SANDBOX_KEY, WEBHOOK_PATH, Settings
 from kling_mcp.jobs import EngineConfig, JobEngine, Listener
 from kling_mcp.models import Job
 from kling_mcp.netguard import guarded_client
@@ -29,8 +29,6 @@ from kling_mcp.store import Guards, Store
 from kling_mcp.tls import tls_context
 
 log = logging.getLogger("kling_mcp")
-
-WEBHOOK_PATH = "/webhooks/pixazo/"
 
 
 @dataclass(frozen=True)

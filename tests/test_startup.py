@@ -33,3 +33,29 @@ async def test_the_core_starts_by_itself_when_its_grace_ends(settings: Settings)
         with anyio.fail_after(30):
             await startup.runtime(start=False)
         startup.stop()
+
+
+def test_answering_the_handshake_needs_none_of_the_cores_engine_modules() -> None:
+    # What the stdio command imports before it can answer tools/list; the rest loads while the core starts.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kling_mcp.cli, kling_mcp.server\n"
+        "from kling_mcp.config import Settings\n"
+        "kling_mcp.server.build_server(Settings(mode='sandbox'))\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    heavy = {
+        "kling_mcp.jobs",
+        "kling_mcp.pixazo",
+        "kling_mcp.store",
+        "kling_mcp.runtime",
+        "kling_mcp.sandbox",
+        "sqlite3",
+    }
+    heavy |= {"av", "PIL"}  # (uvicorn is the SDK's own import)
+    assert loaded & heavy == set()

@@ -16,8 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kling_mcp import __version__
-from kling_mcp.config import Settings
-from kling_mcp.runtime import WEBHOOK_PATH
+from kling_mcp.config import WEBHOOK_PATH, Settings
 from kling_mcp.server.state import AppState, StateRef
 
 WEBHOOK_MAX_BYTES = 64 * 1024

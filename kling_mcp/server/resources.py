@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -13,10 +14,12 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from kling_mcp.errors import KlingError
 from kling_mcp.models import Job
 from kling_mcp.previews import MediaWorker, local_video
-from kling_mcp.runtime import Runtime
 from kling_mcp.server.results import job_result
 from kling_mcp.server.state import AppState, StateRef, runtime_of
 from kling_mcp.server.uris import JOB_URI_PREFIX, JOBS_URI
+
+if TYPE_CHECKING:
+    from kling_mcp.runtime import Runtime
 
 VIDEO_BLOB_MAX_BYTES = 20 * 1024**2
 CHAIN_MAX = 100

@@ -7,7 +7,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict
 
 from kling_mcp import limits
 from kling_mcp.errors import KlingError
-from kling_mcp.jobs import expected_seconds
-from kling_mcp.models import ACTIVE, GATEWAY_FAILED, Endpoint, Job, JobStatus, Mode
-from kling_mcp.runtime import Runtime
+from kling_mcp.models import ACTIVE, GATEWAY_FAILED, Endpoint, Job, JobStatus, Mode, expected_seconds
 from kling_mcp.server.uris import job_uri
+
+if TYPE_CHECKING:
+    from kling_mcp.runtime import Runtime
 
 log = logging.getLogger("kling_mcp")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx2
@@ -19,8 +20,10 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
 from kling_mcp.config import Settings
-from kling_mcp.runtime import Runtime, open_runtime
 from kling_mcp.server.notify import Notifier
+
+if TYPE_CHECKING:
+    from kling_mcp.runtime import Runtime
 
 log = logging.getLogger("kling_mcp")
 
@@ -42,6 +45,9 @@ class Startup:
     async def run(self, settings: Settings, notifier: Notifier, transport: httpx2.AsyncBaseTransport | None) -> None:
         with anyio.move_on_after(self.grace):
             await self._wanted.wait()
+        # Imported here, not at the top: the core's modules are not needed to answer the handshake.
+        from kling_mcp.runtime import open_runtime
+
         try:
             async with open_runtime(settings, transport=transport, listeners=[notifier.on_job]) as runtime:
                 self._runtime = runtime

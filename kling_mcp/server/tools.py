@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
@@ -18,14 +18,16 @@ from pydantic import Field, ValidationError
 from kling_mcp import limits
 from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
 from kling_mcp.images import resolve_image
-from kling_mcp.jobs import Submitted
 from kling_mcp.models import GenerationRequest, Job, JobStatus
 from kling_mcp.previews import concat_jobs, local_video
-from kling_mcp.runtime import Runtime
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
 from kling_mcp.server.results import FilmOut, JobList, JobOut, film_result, job_out, tool_result
 from kling_mcp.server.state import AppState, runtime_of
 from kling_mcp.server.uris import job_uri
+
+if TYPE_CHECKING:
+    from kling_mcp.jobs import Submitted
+    from kling_mcp.runtime import Runtime
 
 WAIT_MAX_S = 600.0  # a tool call may be asked to wait at most this long, whatever the default
 MAX_CONCAT = 50
@@ -51,7 +53,7 @@ OptionalPrompt = Annotated[
 ConfirmDuration = Annotated[Confirmed, Resolve(confirm_duration)]
 ConfirmShots = Annotated[Confirmed, Resolve(confirm_shots)]
 
-RequestFactory = Callable[[Runtime], Awaitable[GenerationRequest]]
+RequestFactory = Callable[["Runtime"], Awaitable[GenerationRequest]]
 
 
 @dataclass(frozen=True)
