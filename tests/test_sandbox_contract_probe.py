@@ -1,6 +1,6 @@
 """Contract probe: ``python -m kling_mcp.sandbox`` as a real process on loopback, checked with raw httpx2.
 
-Everything asserted here comes from shared/pixazo-api.md (sections 1-4 and 6), not from the sandbox's code:
+Everything asserted here comes from the upstream contract (docs/pixazo-contract.md §1-§7), not from the sandbox's code:
 if the sandbox and the document disagree, this file is where it shows. The process runs 1000x faster than the
 real gateway, so polling every 20 ms stands in for the documented 5-10 s cadence.
 """
@@ -30,7 +30,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.anyio
 
-# From pixazo-api.md section 1: the routes, the key header, the pattern /{apiId}/v1/{apiId}-request.
+# From docs/pixazo-contract.md §2: the routes, the key header, the pattern /{apiId}/v1/{apiId}-request.
 T2V_ID = "kling-video-v3-turbo-pro-text-to-video"
 I2V_ID = "kling-video-v3-turbo-pro-image-to-video"
 T2V = f"/{T2V_ID}/v1/{T2V_ID}-request"

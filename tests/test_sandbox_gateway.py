@@ -1,4 +1,4 @@
-"""The sandbox gateway against its contract (shared/pixazo-api.md), in process through httpx2.ASGITransport.
+"""The sandbox gateway against its contract (docs/pixazo-contract.md), in process through httpx2.ASGITransport.
 
 Time is an injected clock with time_scale=1 and no jitter, so a 5 s text-to-video job is QUEUED for exactly
 6 s (the middle of limits.TIMING_QUEUE_S) and then PROCESSING for exactly estimated_render_seconds(5) = 75 s.

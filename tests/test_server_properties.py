@@ -91,7 +91,7 @@ def valid_image(value: Any) -> bool:
 
 
 def expected_valid(tool: str, args: dict[str, Any]) -> bool:
-    """An independent reading of pixazo-api.md section 2, not the server's own code."""
+    """An independent reading of docs/pixazo-contract.md §3, not the server's own code."""
     known = {
         "generate_video": {"prompt", "duration", "aspect_ratio"},
         "animate_image": {"image_url", "prompt", "duration", "aspect_ratio"},

@@ -1,4 +1,4 @@
-"""A second, deliberately different gateway written only from ``shared/pixazo-api.md``.
+"""A second, deliberately different gateway written only from the contract (``docs/pixazo-contract.md``).
 
 It is not our sandbox: it answers with the spellings the contract says other Pixazo-fronted models use
 (``IN_QUEUE``, ``IN_PROGRESS``, lower-case ``completed``), sends no ``polling_url``, and gives ``media_url`` as a
