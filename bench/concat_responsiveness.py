@@ -36,7 +36,7 @@ async def measure(workdir: Path) -> tuple[float, list[float], str]:
             for aspect in ("16:9", "9:16", "16:9"):
                 result = await client.call_tool(
                     "generate_video",
-                    {"prompt": f"clip {aspect}", "duration": 15, "aspect_ratio": aspect, "wait_seconds": 120},
+                    {"prompt": f"clip {aspect}", "duration": 15, "aspect_ratio": aspect, "wait_seconds": 50},
                 )
                 assert result.structured_content is not None
                 ids.append(result.structured_content["request_id"])

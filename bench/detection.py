@@ -141,7 +141,7 @@ async def _run(args: argparse.Namespace, mode: DetectionMode, gateway: str, work
                 async def call(i: int = i, returned: list[float] = returned, outcome: list[str] = outcome) -> None:
                     result = await client.call_tool(
                         "generate_video",
-                        {"prompt": f"Detection trial {i} [sandbox:hold]", "duration": 3, "wait_seconds": 300},
+                        {"prompt": f"Detection trial {i} [sandbox:hold]", "duration": 3, "wait_seconds": 50},
                     )
                     returned.append(time.perf_counter())
                     outcome.append(str((result.structured_content or {}).get("status")))

@@ -90,7 +90,7 @@ async def soak(jobs: int, fault_rate: float, workdir: Path, *, seed: int = 1, co
 
             async def settle(rid: str) -> None:
                 async with limiter:
-                    result = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 120})
+                    result = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 50})
                 finals[rid] = result.structured_content or {}
 
             async with anyio.create_task_group() as tg:

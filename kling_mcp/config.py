@@ -170,6 +170,8 @@ class Settings:
     base_url: str | None = field(default=None, metadata=_env("PIXAZO_BASE_URL", _url))
     paths: GatewayPaths = field(default_factory=GatewayPaths)  # read from its own fields' variables
     poll_interval: float = field(default=5.0, metadata=_env("KLING_MCP_POLL_INTERVAL", _number(0.05)))
+    # How long a tool waits when the call names no wait_seconds, and the most any call waits: a model may ask for
+    # up to the schema's limit, so a value above it (for clients with long timeouts) only lengthens the default.
     max_wait: float = field(default=45.0, metadata=_env("KLING_MCP_MAX_WAIT", _number(0.0)))
     request_timeout: float = field(default=30.0, metadata=_env("KLING_MCP_REQUEST_TIMEOUT", _number(0.1)))
     state_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_STATE_DIR", _path))
@@ -194,6 +196,10 @@ class Settings:
         default=None, metadata=_env("KLING_MCP_SANDBOX_RENDER_SIZE", _size)
     )
     sandbox_fps: int | None = field(default=None, metadata=_env("KLING_MCP_SANDBOX_FPS", _count_or_none))
+    # resource_link blocks in tool results; off by default because several client adapters reject or mangle them
+    result_links: bool = field(default=False, metadata=_env("KLING_MCP_RESULT_LINKS", _flag))
+    # the most bytes of the preview image a result carries inline; 0: no image
+    preview_max_bytes: int = field(default=24_000, metadata=_env("KLING_MCP_PREVIEW_MAX_BYTES", _whole(0)))
     log_level: str = field(default="WARNING", metadata=_env("KLING_MCP_LOG_LEVEL", _choice(LOG_LEVELS, upper=True)))
 
     @property

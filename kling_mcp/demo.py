@@ -51,6 +51,7 @@ def _server_params() -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if k.startswith(("KLING_MCP_", "PATH", "HOME", "XDG_", "LANG"))}
     env["KLING_MCP_MODE"] = "sandbox"
     env.setdefault("KLING_MCP_SANDBOX_TIME_SCALE", "40")  # a minute of simulated gateway time in a few seconds
+    env.setdefault("KLING_MCP_MAX_WAIT", "120")  # a call may ask for at most 50 s; a longer wait is configuration
     env.pop("PIXAZO_API_KEY", None)
     return StdioServerParameters(command=sys.executable, args=["-m", "kling_mcp"], env=env)
 
@@ -65,7 +66,7 @@ def _text(result: CallToolResult) -> str:
 
 async def _completed(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any] | None:
     """The job's result once it has completed; None (having said why) when it did not."""
-    result = await client.call_tool(tool, {**args, "wait_seconds": 120}, progress_callback=_show)
+    result = await client.call_tool(tool, args, progress_callback=_show)
     data = result.structured_content or {}
     if result.is_error or data.get("status") != "completed":
         print("  did not complete:", _text(result))

@@ -7,6 +7,7 @@ time, so a long concat never stalls the event loop or other calls.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -80,6 +81,25 @@ class MediaWorker:
         if job.request.shots and len(job.request.shots) > 1:
             return await self.contact_sheet(job)
         return await self.poster(job)
+
+    async def preview_within(self, job: Job, max_bytes: int) -> bytes:
+        """The preview's JPEG bytes, recompressed and then scaled down when above ``max_bytes``.
+
+        Raises ``MediaError`` when even a tiny image does not fit; the file on disk (what the resources serve) stays.
+        """
+        data = await anyio.Path(await self.preview(job)).read_bytes()
+        if len(data) <= max_bytes:
+            return data
+
+        def shrink() -> bytes:
+            from PIL import Image
+
+            from kling_mcp.media import encode_jpeg
+
+            with Image.open(io.BytesIO(data)) as image:
+                return encode_jpeg(image, max_bytes=max_bytes, max_side=None)
+
+        return await self.run(shrink)
 
     async def last_frame(self, job: Job) -> Path:
         video = local_video(job)

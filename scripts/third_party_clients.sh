@@ -19,7 +19,7 @@ SPEC_DIR=$ROOT/scripts/third_party_clients
 TOOLS_DIR=${KLING_NPM_TOOLS_DIR:-$ROOT/.npm-tools}
 PYTHON=${PYTHON:-$(command -v python || command -v python3 || true)}
 CALL_TIMEOUT=90     # seconds one client run may take (a stdio run starts a server; about 3 s here)
-WAIT_SECONDS=60     # wait_seconds for the generating tools; at TIME_SCALE 2000 a sandbox job ends in < 1 s
+WAIT_SECONDS=50     # wait_seconds for the generating tools; at TIME_SCALE 2000 a sandbox job ends in < 1 s
 SERVER_START_S=30   # seconds the HTTP server may take to accept connections
 CONFORMANCE_SCENARIOS=(
     server-initialize ping tools-list resources-list prompts-list logging-set-level completion-complete

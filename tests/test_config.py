@@ -37,6 +37,8 @@ READS = {
     "KLING_MCP_SANDBOX_RENDER_SIZE": ("320X180", "sandbox_render_size", (320, 180)),
     "KLING_MCP_SANDBOX_FPS": ("12", "sandbox_fps", 12),
     "KLING_MCP_LOG_LEVEL": ("debug", "log_level", "DEBUG"),
+    "KLING_MCP_RESULT_LINKS": ("on", "result_links", True),
+    "KLING_MCP_PREVIEW_MAX_BYTES": ("0", "preview_max_bytes", 0),
 }
 
 

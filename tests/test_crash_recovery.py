@@ -118,7 +118,7 @@ async def test_sigkill_at_random_moments_loses_no_job_and_pays_for_none_twice(tm
             async with Client(streamable_http_client(url)) as client:
                 finals: dict[str, dict[str, Any]] = {}
                 for rid in known:
-                    result = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 60})
+                    result = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 50})
                     assert result.structured_content is not None
                     finals[rid] = result.structured_content
                 listing = await client.call_tool("list_jobs", {"limit": 200})

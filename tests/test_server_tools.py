@@ -37,7 +37,7 @@ def probe(path: str) -> tuple[float, int, int]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_generate_video_returns_a_downloaded_sandbox_video_with_links(settings: Settings, mode: str) -> None:
+async def test_generate_video_returns_a_downloaded_sandbox_video(settings: Settings, mode: str) -> None:
     with anyio.fail_after(30):
         async with Client(build_server(settings), mode=mode) as client:
             result = await client.call_tool("generate_video", {"prompt": "a red kite over dunes", "duration": 4})
@@ -60,11 +60,10 @@ async def test_generate_video_returns_a_downloaded_sandbox_video_with_links(sett
     duration, width, height = probe(data["local_path"])
     assert duration == pytest.approx(4, abs=0.3)
     assert width > height
-    links = [c for c in result.content if isinstance(c, ResourceLink)]
-    assert [str(link.uri) for link in links][:2] == [data["resource_uri"], data["media_url"]]
-    assert links[1].mime_type == "video/mp4"
-    assert str(links[2].uri).startswith("file://")
+    assert not [c for c in result.content if isinstance(c, ResourceLink)]  # KLING_MCP_RESULT_LINKS is off
     text = text_of(result)
+    assert data["resource_uri"] in text
+    assert data["local_path"] in text
     assert data["media_url"] in text
     assert "[SANDBOX]" in text
     assert "no credits were used" in text
@@ -218,7 +217,7 @@ async def test_cancelling_a_call_stops_the_wait_not_the_job(settings: Settings, 
                 async def call() -> None:
                     await client.call_tool(
                         "generate_video",
-                        {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 60},
+                        {"prompt": "[sandbox:hold] cancel my wait", "wait_seconds": 50},
                         progress_callback=on_progress,
                     )
 

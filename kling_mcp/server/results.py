@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, ConfigDict
 
 from kling_mcp import limits
+from kling_mcp.config import Settings
 from kling_mcp.errors import KlingError
 from kling_mcp.models import ACTIVE, GATEWAY_FAILED, Endpoint, Job, JobStatus, Mode, expected_seconds
 from kling_mcp.server.uris import job_uri
@@ -22,6 +22,25 @@ if TYPE_CHECKING:
     from kling_mcp.runtime import Runtime
 
 log = logging.getLogger("kling_mcp")
+
+# The longest wait a call may ask for: under the 60 s request timeout of the TypeScript SDK and other clients, which
+# progress notifications do not reset. Longer waits are server configuration (KLING_MCP_MAX_WAIT).
+WAIT_SECONDS_MAX = 50
+# A finished job's text stays within this, whatever the gateway's URLs and error texts: adapters that pass only the
+# text to the model pay for every character on every later turn.
+TEXT_MAX_CHARS = 2500
+ERROR_TEXT_MAX_CHARS = 600
+MEDIA_URL_TEXT_MAX_CHARS = 1000  # a longer (signed) URL is left to the structured result once the file is saved
+
+
+def wait_budget(requested: float | None, settings: Settings) -> float:
+    """How long a call waits: what it asked for, or the configured default, and never more than that default."""
+    return settings.max_wait if requested is None else min(requested, settings.max_wait)
+
+
+def wait_hint(settings: Settings) -> float:
+    """The wait_seconds that ``next`` suggests: the configured wait, within what the schema accepts."""
+    return min(settings.max_wait, WAIT_SECONDS_MAX)
 
 
 class JobParams(BaseModel):
@@ -91,10 +110,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
 
 
-def _next_step(job: Job, wait_hint: float) -> tuple[str | None, bool | None]:
+def _next_step(job: Job, wait_s: float) -> tuple[str | None, bool | None]:
     """What the agent should do next, and whether retrying is free."""
     if not job.settled:
-        return check_call(job.id, wait_hint), None
+        return check_call(job.id, wait_s), None
     if job.status == "error":
         return "Call the same tool again: ERROR is a system failure and was not charged.", True
     if job.status == "failed":
@@ -119,12 +138,12 @@ def _params(job: Job) -> JobParams:
     )
 
 
-def job_result(job: Job, *, runtime: Runtime, reused: bool = False, wait_hint: float = 45.0) -> JobResult:
+def job_result(job: Job, *, runtime: Runtime, reused: bool = False) -> JobResult:
     now = time.time()
     start = job.submitted_at or job.created_at
     end = job.finished_at if job.final else None
     eta = None if job.final else max(0.0, expected_seconds(job, runtime.engine.config.time_scale) - (now - start))
-    nxt, retry_free = _next_step(job, wait_hint)
+    nxt, retry_free = _next_step(job, wait_hint(runtime.settings))
     return JobResult(
         request_id=job.id,
         status=job.status,
@@ -172,68 +191,135 @@ def _download_text(job: Job) -> str:
     return "pending" if job.status == "completed" else "after completion"
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
+def _made(job: Job) -> str:
+    request = job.request
+    if request.shots and len(request.shots) > 1:
+        what = f"Storyboard clip of {len(request.shots)} shots"
+    elif job.parent_id:
+        what = f"Continuation of {job.parent_id}"
+    elif request.endpoint == "image_to_video":
+        what = "Video animated from the image"
+    else:
+        what = "Video from the text"
+    return f"{what} ready ({job.video_seconds} s, {request.aspect_ratio}). request_id: {job.id}"
+
+
+def _preview_uri(job: Job) -> str:
+    """The resource of the image ``MediaWorker.preview`` makes: a contact sheet for several shots, else the poster."""
+    return job_uri(job.id, "contact-sheet.jpg" if job.request.shots and len(job.request.shots) > 1 else "poster.jpg")
+
+
+def _where_lines(result: JobResult, job: Job) -> list[str]:
+    url = result.media_url or ""
+    if result.local_path:
+        lines = [f"Saved to: {result.local_path}"]
+        lines.append(
+            f"Media URL: {url}"
+            if len(url) <= MEDIA_URL_TEXT_MAX_CHARS
+            else f"Media URL: {len(url)} characters, in media_url of the structured result."
+        )
+        lines.append(f"Job resource: {result.resource_uri} (preview image: {_preview_uri(job)})")
+        return lines
+    if result.download.startswith("failed"):
+        state = f"Download {_clip(result.download, ERROR_TEXT_MAX_CHARS)}; the URL may expire, fetch it soon"
+    else:
+        state = f"Not saved locally (download: {result.download}); the URL may expire"
+    return [f"{state}. Media URL: {url}", f"Job resource: {result.resource_uri}"]
+
+
 def _state_lines(result: JobResult, job: Job) -> list[str]:
     if result.status == "completed":
-        lines = [f"Video ready ({job.video_seconds} s, {result.params.aspect_ratio}): {result.media_url}"]
-        if result.local_path:
-            lines.append(f"Saved to: {result.local_path}")
-        elif result.download.startswith("failed"):
-            lines.append(f"Download {result.download}; the URL above may expire, fetch it soon.")
-        return lines
+        return [_made(job), *_where_lines(result, job)]
+    lines: list[str]
     if result.status in ACTIVE:
         eta = f", about {result.eta_s:.0f}s left" if result.eta_s else ""
-        return [
+        lines = [
             f"Job {result.request_id} is {result.status} ({result.elapsed_s:.0f}s elapsed{eta}).",
             "Still running is normal; the job continues in the background.",
         ]
-    if result.status == "unknown":
-        return [f"Job {result.request_id}: submit outcome unknown. {result.error}"]
-    return [f"Job {result.request_id} ended {result.status.upper()}: {result.error}"]
+    elif result.status == "unknown":
+        lines = [f"Job {result.request_id}: submit outcome unknown. {_clip(result.error or '', ERROR_TEXT_MAX_CHARS)}"]
+    else:
+        lines = [
+            f"Job {result.request_id} ended {result.status.upper()}: {_clip(result.error or '', ERROR_TEXT_MAX_CHARS)}"
+        ]
+    return [*lines, f"Job resource: {result.resource_uri}"]
+
+
+def _finished_next(job: Job) -> str:
+    return (
+        f'extend_video(request_id="{job.id}", prompt=...) continues this clip from its last frame; '
+        "concat_videos(request_ids=[...]) joins finished clips into one file."
+    )
+
+
+def _cost(result: JobResult, job: Job) -> str:
+    if result.mode == "sandbox":
+        return "[SANDBOX] Placeholder video from the local sandbox gateway; no credits were used."
+    if result.status == "error":
+        return "Not billed: ERROR is a system failure."
+    if result.status == "failed":
+        return f"May bill {job.video_seconds} s of video (FAILED)."
+    return f"Bills {job.video_seconds} s of video" + ("." if result.status == "completed" else " once it completes.")
 
 
 def summary(result: JobResult, job: Job) -> str:
-    """The text a model reads: what happened, what to do next, what it cost, where the job lives."""
+    """The text a model reads: what was made, where it is, what it cost, what to do next."""
     lines = _state_lines(result, job)
     if result.reused:
         lines.append(
             "This is an existing job for the same request (no new charge); pass force_new=true for another take."
         )
+    lines.append(_cost(result, job))
     if result.next:
         lines.append(f"Next: {result.next}")
-    if result.mode == "sandbox":
-        lines.append("[SANDBOX] Placeholder video from the local sandbox gateway; no credits were used.")
-    else:
-        lines.append(f"Bills {job.video_seconds} s of video.")
-    lines.append(f"Job resource: {result.resource_uri}")
-    return "\n".join(lines)
+    elif result.status == "completed" and result.local_path:
+        lines.append(f"Next: {_finished_next(job)}")
+    return _clip("\n".join(lines), TEXT_MAX_CHARS)
 
 
-async def tool_result(job: Job, *, runtime: Runtime, reused: bool = False, wait_hint: float = 45.0) -> CallToolResult:
-    result = job_result(job, runtime=runtime, reused=reused, wait_hint=wait_hint)
-    content: list[Any] = [
-        TextContent(type="text", text=summary(result, job)),
+async def tool_result(job: Job, *, runtime: Runtime, reused: bool = False) -> CallToolResult:
+    """Text, the structured job and at most one small image; links only when KLING_MCP_RESULT_LINKS asks for them."""
+    result = job_result(job, runtime=runtime, reused=reused)
+    content: list[Any] = [TextContent(type="text", text=summary(result, job))]
+    if runtime.settings.result_links:
+        content.extend(_job_links(result, job))
+    if result.local_path and runtime.settings.preview_max_bytes > 0:
+        content.extend(await _preview_image(job, runtime))
+    return CallToolResult(
+        content=content,
+        structured_content=result.model_dump(mode="json"),
+        is_error=result.status in GATEWAY_FAILED,
+    )
+
+
+def _job_links(result: JobResult, job: Job) -> list[ResourceLink]:
+    links = [
         ResourceLink(
             type="resource_link",
             uri=result.resource_uri,
             name=f"job {result.request_id}",
             mime_type="application/json",
             description=f"Kling job ({result.status})",
-        ),
+        )
     ]
     if result.status == "completed" and result.media_url:
-        content.append(
+        links.append(
             ResourceLink(
                 type="resource_link", uri=result.media_url, name=f"{result.request_id}.mp4", mime_type="video/mp4"
             )
         )
     if result.local_path:
-        content.append(file_link(Path(result.local_path), size=job.size_bytes))
-        content.extend(await _preview_blocks(job, runtime))
-    return CallToolResult(
-        content=content,
-        structured_content=result.model_dump(mode="json"),
-        is_error=result.status in GATEWAY_FAILED,
-    )
+        links.append(file_link(Path(result.local_path), size=job.size_bytes))
+        preview = _preview_uri(job)
+        links.append(
+            ResourceLink(type="resource_link", uri=preview, name=preview.rsplit("/", 1)[1], mime_type="image/jpeg")
+        )
+    return links
 
 
 def file_link(path: Path, *, size: int | None) -> ResourceLink:
@@ -242,27 +328,25 @@ def file_link(path: Path, *, size: int | None) -> ResourceLink:
     )
 
 
-async def _preview_blocks(job: Job, runtime: Runtime) -> list[Any]:
+async def _preview_image(job: Job, runtime: Runtime) -> list[ImageContent]:
     """A small image of the video, so a vision model or a person sees what was made; never fails the call."""
     try:
-        path = await runtime.media.preview(job)
-        data = await anyio.Path(path).read_bytes()
-    except KlingError as exc:
+        data = await runtime.media.preview_within(job, runtime.settings.preview_max_bytes)
+    except (KlingError, OSError) as exc:
         log.warning("no preview for %s: %s", job.id, exc)
         return []
-    uri = job_uri(job.id, "contact-sheet.jpg" if path.name.endswith(".sheet.jpg") else "poster.jpg")
-    return [
-        ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/jpeg"),
-        ResourceLink(type="resource_link", uri=uri, name=path.name, mime_type="image/jpeg", size=len(data)),
-    ]
+    return [ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/jpeg")]
 
 
-def film_result(film_out: FilmOut, jobs_count: int, method_text: str) -> CallToolResult:
+def film_result(film_out: FilmOut, method_text: str, *, links: bool) -> CallToolResult:
     text = (
-        f"Joined {jobs_count} clips ({method_text}): {film_out.duration_s:.1f} s, "
-        f"{film_out.width}x{film_out.height}.\nSaved to: {film_out.path}"
+        f"Joined {len(film_out.request_ids)} clips ({method_text}): {film_out.duration_s:.1f} s, "
+        f"{film_out.width}x{film_out.height}, {film_out.size_bytes / 1e6:.1f} MB.\n"
+        f"Saved to: {film_out.path}\n"
+        "Free: made locally, no gateway request and nothing billed.\n"
+        "Next: play or share the file above; it is local only (no media URL or job resource)."
     )
-    return CallToolResult(
-        content=[TextContent(type="text", text=text), file_link(Path(film_out.path), size=film_out.size_bytes)],
-        structured_content=film_out.model_dump(mode="json"),
-    )
+    content: list[Any] = [TextContent(type="text", text=text)]
+    if links:
+        content.append(file_link(Path(film_out.path), size=film_out.size_bytes))
+    return CallToolResult(content=content, structured_content=film_out.model_dump(mode="json"))

@@ -21,15 +21,22 @@ from kling_mcp.images import resolve_image
 from kling_mcp.models import GenerationRequest, Job, JobStatus
 from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
-from kling_mcp.server.results import FilmOut, JobList, JobOut, film_result, job_out, tool_result
+from kling_mcp.server.results import (
+    WAIT_SECONDS_MAX,
+    FilmOut,
+    JobList,
+    JobOut,
+    film_result,
+    job_out,
+    tool_result,
+    wait_budget,
+)
 from kling_mcp.server.state import AppState, runtime_of
 from kling_mcp.server.uris import job_uri
 
 if TYPE_CHECKING:
     from kling_mcp.jobs import Submitted
     from kling_mcp.runtime import Runtime
-
-WAIT_MAX_S = 600.0  # a tool call may be asked to wait at most this long, whatever the default
 MAX_CONCAT = 50
 
 # Only the hints that differ from the spec's defaults (not read-only, destructive, not idempotent, open world):
@@ -39,7 +46,7 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 GENERATE = ToolAnnotations(destructive_hint=False)
 
 WaitSeconds = Annotated[
-    float | None, Field(ge=0, le=WAIT_MAX_S, description="Max wait (s); then the running job is returned.")
+    float | None, Field(ge=0, le=WAIT_SECONDS_MAX, description="Max wait (s); then the running job is returned.")
 ]
 ImageRef = Annotated[
     str, Field(min_length=1, max_length=limits.IMAGE_REF_MAX_CHARS, description=limits.IMAGE_DESCRIPTION)
@@ -113,7 +120,7 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
     runtime = await runtime_of(ctx)
     if declined(how.confirmed):
         raise ToolError("Not submitted: the user declined the spend confirmation. Nothing was charged.")
-    wait = runtime.settings.max_wait if how.wait_seconds is None else how.wait_seconds
+    wait = wait_budget(how.wait_seconds, runtime.settings)
     try:
         request = await build(runtime)
         submitted: Submitted = await runtime.engine.submit(
@@ -130,7 +137,7 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
     if wait > 0 and not job.settled:
         job = await _wait_with_progress(ctx, job, wait)
     job = _with_inline_image_advice(job, request)
-    return await tool_result(job, runtime=runtime, reused=submitted.reused, wait_hint=runtime.settings.max_wait)
+    return await tool_result(job, runtime=runtime, reused=submitted.reused)
 
 
 async def _image(runtime: Runtime, ref: str) -> str:
@@ -267,22 +274,23 @@ async def concat_videos(
         request_ids=[job.id for job in jobs],
     )
     how = "stream copy" if film.method == "copy" else "re-encoded, letterboxed to the first clip"
-    return film_result(out, len(jobs), how)
+    return film_result(out, how, links=runtime.settings.result_links)
 
 
 async def check_status(
     request_id: Annotated[str, Field(min_length=1, max_length=200, description="The request_id a tool returned.")],
     ctx: Context[AppState],
     wait_seconds: Annotated[
-        float, Field(ge=0, le=WAIT_MAX_S, description="Seconds to wait for it to finish; 0 answers at once.")
+        float, Field(ge=0, le=WAIT_SECONDS_MAX, description="Seconds to wait for it to finish; 0 answers at once.")
     ] = 0,
 ) -> Annotated[CallToolResult, JobOut]:
     """A job's state, waiting up to wait_seconds for it to finish."""
     runtime = await runtime_of(ctx)
     job = await _get_job(runtime, request_id)
-    if wait_seconds > 0 and not job.settled:
-        job = await _wait_with_progress(ctx, job, wait_seconds)
-    return await tool_result(job, runtime=runtime, wait_hint=runtime.settings.max_wait)
+    wait = wait_budget(wait_seconds, runtime.settings)
+    if wait > 0 and not job.settled:
+        job = await _wait_with_progress(ctx, job, wait)
+    return await tool_result(job, runtime=runtime)
 
 
 async def list_jobs(
