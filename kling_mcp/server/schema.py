@@ -157,7 +157,7 @@ def _schema_at(schema: dict[str, Any], loc: list[str]) -> dict[str, Any]:
 def _sentence(field: str, err: Any, schema: dict[str, Any], parent: dict[str, Any]) -> str:
     kind: str = err["type"]
     value = err.get("input")
-    wanted = describe(schema)
+    wanted = _describe(schema)
     if kind == "missing":
         return must_be(field, "given", None) + f" Fix: add it as {wanted}."
     if kind == "extra_forbidden":
@@ -185,7 +185,7 @@ def _resize(kind: str, size: int, err: Any, unit: str) -> str:
     return f"add {_count(under, unit)}" if size else f"give at least {_count(under, unit)}"
 
 
-def describe(schema: dict[str, Any]) -> str:
+def _describe(schema: dict[str, Any]) -> str:
     """What a listed schema allows, as the noun phrase that follows "must be"."""
     if "enum" in schema:
         return "one of " + ", ".join(str(v) for v in schema["enum"])
@@ -206,7 +206,7 @@ def describe(schema: dict[str, Any]) -> str:
 
 
 def _range(low: Any, high: Any, unit: str | None) -> str:
-    """ " from 3 to 15" for numbers; " of 1-6 items", " of at most 200 characters" for sizes."""
+    """The bounds as words: ' from 3 to 15' for numbers; ' of 1-6 items', ' of at most 200 characters' for sizes."""
     if low is not None and high is not None:
         return f" of {_num(low)}-{_num(high)} {unit}s" if unit else f" from {_num(low)} to {_num(high)}"
     if high is None and low is None:
