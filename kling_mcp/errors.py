@@ -25,6 +25,7 @@ handle these types (docs/pixazo-contract.md §7 Errors).
 
 from __future__ import annotations
 
+import json
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
@@ -56,20 +57,38 @@ class ConfigurationError(KlingError, code="configuration"):
     """Bad settings or environment: the server will not start."""
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
+class Measured(str):
+    """What was given, described (its length, its size) rather than quoted: shown as is in an error text."""
+
+    __slots__ = ()
+
+
+def show_value(value: Any) -> str:
+    """A value as a model reads it in an error text: JSON (the form it sent), cut to 80 characters."""
+    text = str(value) if isinstance(value, Measured) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def must_be(field: str, limit: str, shown: str | None) -> str:
+    """The sentence every limit is stated in: "duration must be 3-15 seconds; got 16." (``shown`` None: not given).
+
+    ``limit`` is the noun or adjective phrase that completes "must be"; the fix follows as "Fix: ...".
+    """
+    return f"{field} must be {limit}" + (f"; got {shown}." if shown is not None else ".")
+
+
 class InvalidInputError(KlingError, code="invalid_input"):
-    """A value broke a limit, caught before anything is paid for. Names the field, the limit, the value and the fix."""
+    """A value broke a limit, caught before anything is paid for. Names the field, the limit, the value and the fix.
+
+    ``limit`` completes "<field> must be ..." and ``fix`` completes "Fix: ..."; see ``must_be``.
+    """
 
     def __init__(self, field: str, limit: str, value: Any, fix: str) -> None:
         self.field = field
         self.limit = limit
         self.value = value
         self.fix = fix
-        super().__init__(f"Invalid {field}: must be {limit}; got {_show(value)}.", hint=f"Fix: {fix}.")
+        super().__init__(must_be(field, limit, None if value is None else show_value(value)), hint=f"Fix: {fix}.")
 
 
 @dataclass(eq=False, repr=False, kw_only=True)

@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kling_mcp.errors import InvalidInputError
+from kling_mcp.errors import InvalidInputError, Measured
 
 PROMPT_MIN_CHARS: Final = 1
 PROMPT_MAX_CHARS: Final = 3072
@@ -106,16 +106,16 @@ def check_prompt(prompt: str, *, field: str = "prompt") -> str:
     if not prompt.strip():
         raise InvalidInputError(
             field,
-            f"{PROMPT_MIN_CHARS}-{PROMPT_MAX_CHARS} characters of text",
+            f"text of {PROMPT_MIN_CHARS}-{PROMPT_MAX_CHARS} characters, not only spaces",
             prompt,
             "describe the clip in words; a prompt of only spaces is empty",
         )
-    if len(prompt) > PROMPT_MAX_CHARS:
+    if (over := len(prompt) - PROMPT_MAX_CHARS) > 0:
         raise InvalidInputError(
             field,
-            f"at most {PROMPT_MAX_CHARS} characters",
-            f"{len(prompt)} characters",
-            f"shorten it by {len(prompt) - PROMPT_MAX_CHARS} characters",
+            f"text of at most {PROMPT_MAX_CHARS} characters",
+            Measured(f"{len(prompt)} characters"),
+            f"shorten it by {over} character" + ("s" if over > 1 else ""),
         )
     return prompt
 
@@ -142,8 +142,8 @@ def check_shots(shots: Sequence[Shot], *, field: str = "shots") -> tuple[Shot, .
     if not SHOTS_MIN <= len(shots) <= SHOTS_MAX:
         raise InvalidInputError(
             field,
-            f"{SHOTS_MIN}-{SHOTS_MAX} shots",
-            f"{len(shots)} shots",
+            f"a list of {SHOTS_MIN}-{SHOTS_MAX} shots",
+            Measured(f"{len(shots)} shots"),
             "merge shots or split the story into several clips" if shots else "give at least one shot",
         )
     for i, shot in enumerate(shots):
@@ -153,8 +153,8 @@ def check_shots(shots: Sequence[Shot], *, field: str = "shots") -> tuple[Shot, .
     if total > TOTAL_DURATION_MAX_S:
         raise InvalidInputError(
             field,
-            f"shot durations must add up to at most {TOTAL_DURATION_MAX_S} s",
-            "+".join(str(s.duration) for s in shots) + f" = {total} s",
+            f"at most {TOTAL_DURATION_MAX_S} s long in total",
+            Measured("+".join(str(s.duration) for s in shots) + f" = {total} s"),
             f"shorten shots by {total - TOTAL_DURATION_MAX_S} s in all, or split into two clips",
         )
     return tuple(shots)
@@ -172,23 +172,23 @@ def check_image(*, field: str, format: str | None, size_bytes: int | None, width
     if size_bytes is not None and size_bytes > IMAGE_MAX_BYTES:
         raise InvalidInputError(
             field,
-            f"at most {IMAGE_MAX_BYTES // (1024 * 1024)} MB",
-            f"{size_bytes / (1024 * 1024):.1f} MB",
+            f"an image of at most {IMAGE_MAX_BYTES // (1024 * 1024)} MB",
+            Measured(f"{size_bytes / (1024 * 1024):.1f} MB"),
             "downscale or recompress the image",
         )
     if min(width, height) < IMAGE_MIN_SIDE_PX:
         raise InvalidInputError(
             field,
-            f"each side at least {IMAGE_MIN_SIDE_PX} px",
-            f"{width}x{height} px",
+            f"an image whose sides are each at least {IMAGE_MIN_SIDE_PX} px",
+            Measured(f"{width}x{height} px"),
             f"upscale the image so its shorter side is at least {IMAGE_MIN_SIDE_PX} px",
         )
     ratio = width / height
     if not 1 / IMAGE_MAX_ASPECT <= ratio <= IMAGE_MAX_ASPECT:
         raise InvalidInputError(
             field,
-            f"aspect between 1:{IMAGE_MAX_ASPECT:g} and {IMAGE_MAX_ASPECT:g}:1",
-            f"{width}x{height} px ({ratio:.2f}:1)",
+            f"an image with an aspect ratio between 1:{IMAGE_MAX_ASPECT:g} and {IMAGE_MAX_ASPECT:g}:1",
+            Measured(f"{width}x{height} px ({ratio:.2f}:1)"),
             "crop the image closer to the clip's aspect ratio",
         )
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kling_mcp import limits
-from kling_mcp.errors import InvalidInputError
+from kling_mcp.errors import InvalidInputError, Measured
 
 Mode = Literal["live", "sandbox"]  # live requests cost money; sandbox ones go to the built-in gateway
 
@@ -59,8 +59,8 @@ class GenerationRequest(BaseModel):
             if self.prompt is not None:
                 raise InvalidInputError(
                     "shots",
-                    "exclusive with a single prompt",
-                    "both given",
+                    "left out when prompt is given",
+                    Measured("both shots and prompt"),
                     "put the prompt into the first shot",
                 )
             limits.check_shots(self.shots)
@@ -68,10 +68,10 @@ class GenerationRequest(BaseModel):
             limits.check_duration(self.duration)
         if self.endpoint == "text_to_video":
             if self.prompt is None and self.shots is None:
-                raise InvalidInputError("prompt", "given for text-to-video", None, "describe the clip")
+                raise InvalidInputError("prompt", "given for text-to-video", None, "describe the clip, or give shots")
             if self.image_url is not None:
                 raise InvalidInputError(
-                    "image_url", "absent for text-to-video", self.image_url, "use the image-to-video endpoint"
+                    "image_url", "left out for text-to-video", self.image_url, "use the image-to-video endpoint"
                 )
         elif not self.image_url:
             raise InvalidInputError("image_url", "given for image-to-video", None, "pass the first frame's URL")

@@ -97,6 +97,9 @@ def expected_valid(tool: str, args: dict[str, Any]) -> bool:
         "animate_image": {"image_url", "prompt", "duration", "aspect_ratio"},
         "storyboard": {"shots", "aspect_ratio", "image_url"},
     }[tool]
+    # A null for a field that may be left out means it was left out: clients send null for "not set".
+    main = {"generate_video": "prompt", "animate_image": "image_url", "storyboard": "shots"}[tool]
+    args = {k: v for k, v in args.items() if v is not None or k == main}
     if "aspect_ratio" in args and args["aspect_ratio"] not in ASPECTS:
         return False
     if "duration" in args and not valid_duration(args["duration"]):
@@ -115,6 +118,8 @@ def expected_valid(tool: str, args: dict[str, Any]) -> bool:
         return False
     total = 0
     for shot in shots:
+        if isinstance(shot, dict):
+            shot = {k: v for k, v in shot.items() if v is not None or k == "prompt"}
         if not isinstance(shot, dict) or set(shot) - {"prompt", "duration"} or not valid_prompt(shot.get("prompt")):
             return False
         duration = shot.get("duration", 5)

@@ -46,7 +46,7 @@ async def test_tool_schemas_encode_every_limit(settings: Settings) -> None:
     story = tools["storyboard"].input_schema
     assert (story["properties"]["shots"]["minItems"], story["properties"]["shots"]["maxItems"]) == (1, 6)
     assert "15 s" in story["properties"]["shots"]["description"]
-    shot = story["$defs"]["Shot"]["properties"]
+    shot = story["properties"]["shots"]["items"]["properties"]
     assert (shot["duration"]["minimum"], shot["duration"]["maximum"]) == (3, 15)
     assert shot["prompt"]["maxLength"] == 3072
     assert "300 px" in tools["animate_image"].input_schema["properties"]["image_url"]["description"]

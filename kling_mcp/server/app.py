@@ -23,7 +23,7 @@ from kling_mcp.server.http import auth_options, register_routes
 from kling_mcp.server.notify import Notifier
 from kling_mcp.server.protocol import LegacyMethods, register_completion
 from kling_mcp.server.resources import register_resources
-from kling_mcp.server.schema import explain_validation, shape_tool
+from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
 from kling_mcp.server.state import AppState, Startup, StateRef
 from kling_mcp.server.tools import TOOLS
 
@@ -38,12 +38,15 @@ class KlingServer(MCPServer[AppState]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        listed = self._listed.get(name)
+        if listed is not None:
+            arguments = drop_null_optionals(listed.parameters, arguments)
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             cause = exc.__cause__
             if isinstance(cause, ValidationError):
-                raise ToolError(explain_validation(self._listed.get(name), name, cause)) from cause
+                raise ToolError(explain_validation(listed, name, cause)) from cause
             raise
 
 
