@@ -158,14 +158,14 @@ async def test_a_record_that_cannot_be_read_is_an_unknown_id(folders: Folders) -
     async with folders.gateway() as first:
         request_id = await first.create({"prompt": "to be damaged", "duration": 3})
     record = folders.root / "jobs" / f"{request_id}.json"
-    damaged = json.loads(record.read_text())
-    damaged["version"] = 99
-    record.write_text(json.dumps(damaged))
-    async with folders.gateway() as second:
-        unknown = await second.status(request_id)
-        admin = await second.client.get(f"/_sandbox/jobs/{request_id}")
-    assert unknown.status_code == 404
-    assert admin.status_code == 404
+    newer = {**json.loads(record.read_text()), "version": 99}
+    answers = []
+    for content in (json.dumps(newer), "[]", '{"version": 1}', "{not json"):
+        record.write_text(content)
+        async with folders.gateway() as second:
+            answers.append((await second.status(request_id)).status_code)
+            answers.append((await second.client.get(f"/_sandbox/jobs/{request_id}")).status_code)
+    assert answers == [404] * 8
 
 
 def test_only_request_ids_become_record_file_names(tmp_path: Path) -> None:

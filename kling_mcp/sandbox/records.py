@@ -57,10 +57,10 @@ class JobRecord:
         return {"version": _VERSION, **{name: getattr(self, name) for name in self.__dataclass_fields__}}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+    def from_json(cls, data: object) -> JobRecord:
         """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for a record this version cannot read."""
-        if data.get("version") != _VERSION:
-            raise ValueError(f"record version {data.get('version')!r}")
+        if not isinstance(data, dict) or data.get("version") != _VERSION:
+            raise ValueError("not a record of this version")
         if data["endpoint"] not in _ENDPOINTS or data["outcome"] not in OUTCOMES:
             raise ValueError("unknown endpoint or outcome")
         width, height = data["size"]
