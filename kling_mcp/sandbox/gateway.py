@@ -4,6 +4,7 @@ job is and the JSON it answers in ``model.py``, webhook delivery in ``webhooks.p
 A job's status is a function of the clock, computed when asked: nothing has to tick for a poll to see
 QUEUED, PROCESSING or a terminal state, so tests drive time with an injected clock. A background task still
 checks pending jobs a few times a second to refund, stamp ``completed_at`` and fire webhooks for jobs nobody polls.
+With ``jobs_dir`` every job is also recorded on disk (``records.py``), and a later gateway answers for it.
 """
 
 from __future__ import annotations
@@ -302,9 +303,10 @@ class SandboxGateway:
     def lookup(self, key: str, request_id: str) -> Job | None:
         """The job if it exists and ``key`` submitted it: other keys get the same answer as an unknown id."""
         job = self.find(request_id)
-        if job is None or (job.key != key if not job.restored else job.key_digest != key_digest(key)):
+        if job is None:
             return None
-        return job
+        known = job.key_digest == key_digest(key) if job.restored else job.key == key
+        return job if known else None
 
     def find(self, request_id: str) -> Job | None:
         """The job with this id: one this gateway made, or one another gateway on the same jobs_dir recorded."""
