@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Final, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,7 +29,16 @@ from kling_mcp.errors import (
     NotFoundError,
 )
 from kling_mcp.files import safe_component, stale_temps
-from kling_mcp.models import GATEWAY_FAILED, NO_VIDEO, RUNNING, GenerationRequest, Job, Mode, expected_seconds
+from kling_mcp.models import (
+    DOWNLOAD_OWED,
+    GATEWAY_FAILED,
+    NO_VIDEO,
+    RUNNING,
+    GenerationRequest,
+    Job,
+    Mode,
+    expected_seconds,
+)
 from kling_mcp.pixazo import GatewayStatus, PixazoClient, parse_status
 from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
 
@@ -38,6 +47,10 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Job], Awaitable[None]]
 
 _JITTER = random.Random()  # own instance: jitter must not consume (or be steered by) the global generator
+
+# Consecutive polls answered 404 after which a job is given up as unknown to the gateway. A few, not one: a gateway
+# may not know an id it has just handed out for a moment. Not zero: a forgotten id would be polled forever.
+NOT_FOUND_POLLS: Final = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +118,7 @@ class JobEngine:
         self._watches: dict[str, _Watch] = {}
         self._drivers: set[str] = set()
         self._listeners: list[Listener] = []
+        self._not_found: dict[str, int] = {}  # job id -> its polls answered 404 in a row
         self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -278,6 +292,9 @@ class JobEngine:
     async def _run_job(self, job_id: str) -> None:
         try:
             job = await self.store.get(job_id)
+            if job.status == "completed" and job.download_state in DOWNLOAD_OWED:
+                # It completed before this driver, maybe in another process whose gateway (and media URL) is gone.
+                job = await self._refresh_media_url(job)
             # Spreads the polls of jobs submitted (or resumed) together; never sooner than the interval.
             phase = _JITTER.uniform(1.0, 1.5)
             while not job.settled:
@@ -296,6 +313,7 @@ class JobEngine:
             log.exception("job %s stopped", job_id)
         finally:
             self._drivers.discard(job_id)
+            self._not_found.pop(job_id, None)
 
     async def on_webhook(self, token: str, body: Mapping[str, Any]) -> tuple[int, str]:
         """Applies a gateway webhook for the job its URL token names; returns (HTTP status, reason).
@@ -329,12 +347,15 @@ class JobEngine:
         try:
             async with self._poll_slots:
                 status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
-        except (NotFoundError, AuthenticationError) as exc:
+        except NotFoundError as exc:
+            return await self._not_found_poll(job, exc)
+        except AuthenticationError as exc:  # the key may be fixed meanwhile: keep polling
             log.warning("status of %s: %s", job.id, exc.message)
             return await self.store.get(job.job_id)
         except GatewayError as exc:
             log.info("status of %s not read (%s); next poll will try again", job.id, exc.code)
             return await self.store.get(job.job_id)
+        self._not_found.pop(job.job_id, None)
         if status.status == job.status:
             return job  # nothing new: no ledger read, no write
         # Another process sharing the ledger may have moved the job on.
@@ -342,6 +363,22 @@ class JobEngine:
         if current.current_request_id != job.current_request_id or current.final:
             return current
         return await self._apply(current, status)
+
+    async def _not_found_poll(self, job: Job, exc: NotFoundError) -> Job:
+        """A poll answered 404: the job ends ``unknown`` after NOT_FOUND_POLLS in a row, and is never resent."""
+        count = self._not_found[job.job_id] = self._not_found.get(job.job_id, 0) + 1
+        log.warning("status of %s (404 %d of %d): %s", job.id, count, NOT_FOUND_POLLS, exc.message)
+        current = await self.store.get(job.job_id)
+        if count < NOT_FOUND_POLLS or current.current_request_id != job.current_request_id or current.final:
+            return current
+        return await self._set(
+            current,
+            status="unknown",
+            finished_at=self._clock(),
+            error=f"The gateway no longer knows this request: {count} status polls in a row were answered 404, so "
+            "polling stopped. It was not submitted again; whether it was billed is unknown. Check the Pixazo "
+            "console for it; to make the video anyway, call the tool again with force_new=true.",
+        )
 
     async def _apply(self, job: Job, status: GatewayStatus) -> Job:
         if status.status == "completed":

@@ -87,6 +87,9 @@ async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: htt
         time_scale=settings.sandbox_time_scale,
         render_size=settings.sandbox_render_size,
         media_dir=settings.resolved_state_dir / "sandbox-media",
+        # Each server process starts its own sandbox (some clients start one process per tool call): the jobs
+        # are kept beside the ledger, so a later process answers for the jobs an earlier one took.
+        jobs_dir=settings.resolved_state_dir / "sandbox-jobs",
         paths=settings.paths,  # the built-in gateway serves the routes the client is configured to call
     )
     if settings.sandbox_fps:

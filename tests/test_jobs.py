@@ -8,6 +8,7 @@ real gateway produces and the sandbox does not.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import socket
 import sqlite3
@@ -22,6 +23,7 @@ import httpx2
 import pytest
 
 from kling_mcp.config import Settings
+from kling_mcp.jobs import NOT_FOUND_POLLS
 from kling_mcp.pixazo import GenerationRequest
 from kling_mcp.runtime import Runtime, open_runtime
 from kling_mcp.sandbox import SandboxConfig, SandboxGateway, create_app
@@ -200,8 +202,7 @@ async def test_a_download_that_keeps_failing_gives_up_after_the_configured_attem
 # --- polls -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [404, 401])
-async def test_polls_answered_404_or_401_leave_the_job_running_and_unpaid_twice(rig: Rig, code: int) -> None:
+async def test_polls_answered_401_leave_the_job_running_and_unpaid_twice(rig: Rig) -> None:
     refused = 0
     enough = anyio.Event()
 
@@ -210,9 +211,9 @@ async def test_polls_answered_404_or_401_leave_the_job_running_and_unpaid_twice(
         if kind_of(request) != "status":
             return await forward(request)
         refused += 1
-        if refused == 3:
+        if refused == NOT_FOUND_POLLS + 2:  # past the bound a 404 has: a refused key is not a forgotten job
             enough.set()
-        return httpx2.Response(code, json={"statusCode": code, "message": "refused by the test"})
+        return httpx2.Response(401, json={"statusCode": 401, "message": "refused by the test"})
 
     async with rig.runtime() as runtime:
         made = (await runtime.engine.submit(t2v("[sandbox:hold] refused polls"))).job
@@ -227,6 +228,49 @@ async def test_polls_answered_404_or_401_leave_the_job_running_and_unpaid_twice(
     assert during.error is None
     assert job.status == "completed"
     assert job.attempts == 1
+    assert rig.gateway.submit_count == 1
+
+
+def not_found_except(*answered: int) -> Hook:
+    """Status polls answered 404, as by a gateway that has forgotten the request, except the polls numbered
+    ``answered`` (from 1), which reach the gateway."""
+    polls = itertools.count(1)
+
+    async def hook(request: httpx2.Request, forward: Forward) -> httpx2.Response:
+        if kind_of(request) == "status" and next(polls) not in answered:
+            return httpx2.Response(404, json={"error": "Not Found", "message": "No request with this id."})
+        return await forward(request)
+
+    return hook
+
+
+async def test_a_request_the_gateway_forgot_ends_unknown_after_a_bounded_number_of_404_polls(rig: Rig) -> None:
+    async with rig.runtime() as runtime:
+        rig.tamper.hook = not_found_except()
+        made = (await runtime.engine.submit(t2v("[sandbox:hold] forgotten"))).job
+        job = await settle(runtime, made)
+        polls = rig.tamper.count("status")
+        again = await runtime.engine.get(made.id)  # asking about it does not start polling again
+    assert job.status == "unknown"
+    assert polls == NOT_FOUND_POLLS
+    assert rig.tamper.count("status") == NOT_FOUND_POLLS
+    assert again.status == "unknown"
+    assert job.error is not None
+    for words in ("no longer knows", "Pixazo console", "force_new=true", "not submitted again"):
+        assert words in job.error
+    assert job.download_state == "off"
+    assert job.attempts == 1
+    assert rig.gateway.submit_count == 1
+    assert job.finished_at == rig.clock.now
+
+
+async def test_only_404_polls_in_a_row_count_towards_the_bound(rig: Rig) -> None:
+    async with rig.runtime() as runtime:
+        rig.tamper.hook = not_found_except(NOT_FOUND_POLLS - 1)  # one answer, just before the bound
+        made = (await runtime.engine.submit(t2v("[sandbox:hold] forgotten now and then"))).job
+        job = await settle(runtime, made)
+    assert job.status == "unknown"
+    assert rig.tamper.count("status") == 2 * NOT_FOUND_POLLS - 1
     assert rig.gateway.submit_count == 1
 
 

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from kling_mcp import limits
 from kling_mcp.config import DEFAULT_I2V_PATH, DEFAULT_STATUS_PATH, DEFAULT_T2V_PATH, I2V_API_ID, T2V_API_ID
 from kling_mcp.sandbox import Faults, SandboxConfig, SandboxGateway, create_app, serve_sandbox
-from kling_mcp.sandbox import gateway as gateway_module
+from kling_mcp.sandbox import render as render_module
 from kling_mcp.sandbox.ids import uuid7
 from kling_mcp.sandbox.render import RenderCancelled
 from kling_mcp.sandbox.server import serve_asgi
@@ -167,7 +167,8 @@ class Sandbox:
 
     async def run_to_end(self, request_id: str) -> dict[str, Any]:
         """Moves the clock to the job's due time, waits (bounded) for its render, returns the polled status."""
-        job = self.gateway.jobs[request_id]
+        job = self.gateway.find(request_id)
+        assert job is not None, f"no job {request_id}"
         self.clock.advance_to(job.done_at)
         with anyio.fail_after(WAIT):
             await self.gateway.wait_settled(request_id)
@@ -311,13 +312,13 @@ async def test_status_says_processing_until_the_render_exists_even_when_the_cloc
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     release = threading.Event()
-    real = gateway_module._render_job
+    real = render_module.render_job
 
     def held_render(*args: Any) -> int:
         release.wait(WAIT)
         return real(*args)
 
-    monkeypatch.setattr(gateway_module, "_render_job", held_render)
+    monkeypatch.setattr(render_module, "render_job", held_render)
     async with make_sandbox() as sb:
         request_id = await sb.create({"prompt": "slow render"})
         sb.clock.advance(10_000)
@@ -1175,7 +1176,7 @@ async def test_leaving_the_gateway_stops_a_running_render_quickly_and_leaves_no_
     rendering = threading.Event()
     answers: list[bool] = []  # what the render heard each time it asked whether to stop, once per frame
     ended: list[str] = []
-    real: Callable[..., int] = gateway_module._render_job
+    real: Callable[..., int] = render_module.render_job
 
     def watched_render(*args: Any) -> int:
         *rest, should_stop = args
@@ -1193,7 +1194,7 @@ async def test_leaving_the_gateway_stops_a_running_render_quickly_and_leaves_no_
         ended.append(f"finished {frames} frames")
         return frames
 
-    monkeypatch.setattr(gateway_module, "_render_job", watched_render)
+    monkeypatch.setattr(render_module, "render_job", watched_render)
     fps = 30
     app = create_app(SandboxConfig(media_dir=tmp_path, render_size=(1920, 1080), fps=fps))
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url=BASE) as client:
@@ -1215,7 +1216,7 @@ async def test_a_render_that_crashes_ends_the_job_error_and_refunds_it(monkeypat
     def broken_render(*args: Any) -> int:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gateway_module, "_render_job", broken_render)
+    monkeypatch.setattr(render_module, "render_job", broken_render)
     async with make_sandbox() as sb:
         before = sb.gateway.balance(KEY)
         request_id = await sb.create({"prompt": "a"})

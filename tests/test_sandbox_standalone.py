@@ -55,6 +55,8 @@ def test_flags_reach_the_config_and_the_faults() -> None:
         "--max-concurrent-renders=2",
         "--webhook-attempts=5",
         "--public-base-url=http://sandbox.local",
+        "--media-dir=/srv/sandbox/media",
+        "--jobs-dir=/srv/sandbox/jobs",
     )
 
     config = config_from_args(args)
@@ -79,6 +81,7 @@ def test_flags_reach_the_config_and_the_faults() -> None:
     assert not config.charge_failed
     assert (config.max_concurrent_renders, config.webhook_attempts) == (2, 5)
     assert config.public_base_url == "http://sandbox.local"
+    assert (config.media_dir, config.jobs_dir) == (Path("/srv/sandbox/media"), Path("/srv/sandbox/jobs"))
 
 
 def test_render_size_keeps_the_requested_aspect_for_every_ratio() -> None:

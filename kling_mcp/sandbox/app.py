@@ -183,7 +183,7 @@ async def status_route(request: Request) -> Response:
 
 async def media_route(request: Request) -> Response:
     gateway = _gateway(request)
-    job = gateway.jobs.get(request.path_params["request_id"])
+    job = gateway.find(request.path_params["request_id"])
     if job is not None:
         gateway.settle_all()
     path = job.media_path if job is not None and job.terminal == "COMPLETED" else None
@@ -212,7 +212,7 @@ async def faults_route(request: Request) -> Response:
 
 async def job_route(request: Request) -> Response:
     gateway = _gateway(request)
-    job = gateway.jobs.get(request.path_params["request_id"])
+    job = gateway.find(request.path_params["request_id"])
     if job is None:
         return _json(404, {"error": "Not Found", "message": "No such job."})
     return _json(200, gateway.job_summary(job))
@@ -228,7 +228,7 @@ async def finish_route(request: Request) -> Response:
     outcome = body.get("outcome", "COMPLETED")
     if outcome not in OUTCOMES:
         return _json(400, {"error": "Invalid outcome", "message": f"outcome must be one of {', '.join(OUTCOMES)}."})
-    if request_id not in gateway.jobs:
+    if gateway.find(request_id) is None:
         return _json(404, {"error": "Not Found", "message": "No such job."})
     try:
         job = gateway.finish(request_id, outcome)

@@ -4,19 +4,19 @@ job is and the JSON it answers in ``model.py``, webhook delivery in ``webhooks.p
 A job's status is a function of the clock, computed when asked: nothing has to tick for a poll to see
 QUEUED, PROCESSING or a terminal state, so tests drive time with an injected clock. A background task still
 checks pending jobs a few times a second to refund, stamp ``completed_at`` and fire webhooks for jobs nobody polls.
+With ``jobs_dir`` every job is also recorded on disk (``records.py``), and a later gateway answers for it.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import random
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 from kling_mcp import limits
 from kling_mcp.config import I2V_API_ID, T2V_API_ID
 from kling_mcp.errors import InvalidInputError
-from kling_mcp.sandbox import ids
+from kling_mcp.sandbox import ids, render
 from kling_mcp.sandbox.images import check_image_bytes, load_image
 from kling_mcp.sandbox.model import (
     MODERATION_ERROR,
@@ -44,10 +44,12 @@ from kling_mcp.sandbox.model import (
     Phase,
     WebhookDelivery,
     job_summary,
+    key_digest,
     plan,
     status_payload,
     styled,
 )
+from kling_mcp.sandbox.records import JobRecords, job_from_record, record_of
 from kling_mcp.sandbox.render import RenderCancelled
 from kling_mcp.sandbox.settings import Faults, SandboxConfig
 from kling_mcp.sandbox.validation import BadRequest, Endpoint, check_webhook_url, parse_submit
@@ -98,6 +100,7 @@ class SandboxGateway:
         self._tg: TaskGroup | None = None
         self._http: httpx2.AsyncClient | None = None
         self._media_dir: Path | None = None
+        self._records: JobRecords | None = None
         self._limiter = anyio.CapacityLimiter(self.config.max_concurrent_renders)
         self._stopping = threading.Event()
         self._wake = anyio.Event()
@@ -118,6 +121,8 @@ class SandboxGateway:
             else:
                 self._media_dir = Path(tempfile.mkdtemp(prefix="kling-sandbox-"))
                 stack.callback(shutil.rmtree, self._media_dir, True)
+            if self.config.jobs_dir is not None:
+                self._records = JobRecords(Path(self.config.jobs_dir))
             self._http = await stack.enter_async_context(
                 # trust_env=False: a proxy from the environment must never see loopback webhooks or images
                 httpx2.AsyncClient(transport=self._outbound, trust_env=False, follow_redirects=False)
@@ -226,7 +231,8 @@ class SandboxGateway:
 
     def _refund(self, job: Job) -> None:
         if job.charged_s and not job.refunded_s:
-            self._balances[job.key] = self._balances.get(job.key, self._initial_balance(job.key)) + job.charged_s
+            if not job.restored:  # a restored job's charge is another process's balance
+                self._balances[job.key] = self._balances.get(job.key, self._initial_balance(job.key)) + job.charged_s
             job.refunded_s = job.charged_s
 
     # --- submit ---------------------------------------------------------------------------------------------
@@ -266,11 +272,16 @@ class SandboxGateway:
             submitted_at=now,
             queued_until=now + queue_s,
             done_at=now + queue_s + render_s,
-            created_at=datetime.now(UTC),
+            created_at=datetime.fromtimestamp(self.config.wall_clock(), UTC),
             base_url=base_url.rstrip("/"),
             webhook_url=webhook_url,
             charged_s=float(request.seconds),
         )
+        if self._records is not None:
+            records = self._records
+            await anyio.to_thread.run_sync(records.save, record_of(job))
+            if image is not None:
+                await anyio.to_thread.run_sync(records.save_image, job.request_id, image)
         self.jobs[job.request_id] = job
         self._pending.add(job)
         self.submit_count += 1
@@ -291,14 +302,44 @@ class SandboxGateway:
 
     def lookup(self, key: str, request_id: str) -> Job | None:
         """The job if it exists and ``key`` submitted it: other keys get the same answer as an unknown id."""
+        job = self.find(request_id)
+        if job is None:
+            return None
+        known = job.key_digest == key_digest(key) if job.restored else job.key == key
+        return job if known else None
+
+    def find(self, request_id: str) -> Job | None:
+        """The job with this id: one this gateway made, or one another gateway on the same jobs_dir recorded."""
         job = self.jobs.get(request_id)
-        return job if job is not None and job.key == key else None
+        return job if job is not None else self._restore(request_id)
+
+    def _restore(self, request_id: str) -> Job | None:
+        if self._records is None or self._tg is None:
+            return None
+        record = self._records.load(request_id)
+        if record is None:
+            return None
+        video = self.media_dir / f"{request_id}.mp4"
+        job = job_from_record(record, now=self.now(), wall_now=self.config.wall_clock(), video=video)
+        if job is None:
+            return None
+        self.jobs[request_id] = job
+        self._pending.add(job)
+        if job.outcome == "COMPLETED" or job.hold:
+            self._start_render(job)  # its gateway stopped before the render was done: render it on demand
+        self._settle(job)
+        log.info("job %s restored from its record", request_id)
+        return job
+
+    def _save(self, job: Job) -> None:
+        if self._records is not None:
+            self._records.save(record_of(job))
 
     def _job(self, request_id: str) -> Job:
-        try:
-            return self.jobs[request_id]
-        except KeyError:
-            raise KeyError(f"no job {request_id!r}") from None
+        job = self.find(request_id)
+        if job is None:
+            raise KeyError(f"no job {request_id!r}")
+        return job
 
     def finish(self, request_id: str, outcome: Outcome = "COMPLETED") -> Job:
         """Ends the job now with ``outcome``. COMPLETED still waits for the render to exist."""
@@ -317,6 +358,7 @@ class SandboxGateway:
             job.error = {"COMPLETED": None, "FAILED": MODERATION_ERROR, "ERROR": SYSTEM_ERROR}[outcome]
         if job.outcome == "COMPLETED":
             self._start_render(job)
+        self._save(job)
         self._settle(job)
         self._poke()
         return job
@@ -391,6 +433,7 @@ class SandboxGateway:
         job.terminal = phase
         if not job.render_started:
             job.image = None  # no render will ever need it now
+            self._drop_image(job)
         job.completed_at = job.created_at + timedelta(seconds=max(0.0, end - job.submitted_at))
         self._pending.discard(job)
         if phase == "ERROR" or (phase == "FAILED" and not self.config.charge_failed):
@@ -423,10 +466,18 @@ class SandboxGateway:
         job.render_started = True
         self._tg.start_soon(self._render, job)
 
+    def _drop_image(self, job: Job) -> None:
+        if self._records is not None and job.endpoint == "image_to_video":
+            self._records.drop_image(job.request_id)
+
     async def _render(self, job: Job) -> None:
         path = self.media_dir / f"{job.request_id}.mp4"
+        if job.restored and job.image is None and self._records is not None and job.endpoint == "image_to_video":
+            job.image = await anyio.to_thread.run_sync(self._records.load_image, job.request_id)
         shots = [(prompt or "(image-to-video, no prompt)", float(s)) for prompt, s in job.request.shots]
-        work = functools.partial(_render_job, path, shots, job.size, self.config.fps, job.image, self._stopping.is_set)
+        work = functools.partial(
+            render.render_job, path, shots, job.size, self.config.fps, job.image, self._stopping.is_set
+        )
         job.image = None  # up to 50 MB per job, needed by nothing after this render
         try:
             await anyio.to_thread.run_sync(work, limiter=self._limiter)
@@ -437,8 +488,10 @@ class SandboxGateway:
             job.render_error = f"{type(exc).__name__}: {exc}"
             if job.terminal is None:
                 job.outcome, job.error = "ERROR", RENDER_ERROR
+            self._save(job)
         else:
             job.media_path = path
+        self._drop_image(job)
         job.rendered_at = self.now()
         job.rendered.set()
         self._settle(job)
@@ -449,22 +502,3 @@ class SandboxGateway:
     async def _deliver_webhook(self, job: Job) -> None:
         assert self._http is not None
         await deliver_webhook(self._http, job, json.dumps(self.status_body(job)).encode(), self.config, self.now)
-
-
-def _render_job(
-    path: Path,
-    shots: list[tuple[str, float]],
-    size: tuple[int, int],
-    fps: int,
-    image: bytes | None,
-    should_stop: Callable[[], bool],
-) -> int:
-    from PIL import Image
-
-    from kling_mcp.sandbox.render import render_placeholder
-
-    if image is None:
-        return render_placeholder(path, shots, size=size, fps=fps, should_stop=should_stop)
-    with Image.open(io.BytesIO(image)) as first:
-        first.load()
-        return render_placeholder(path, shots, size=size, fps=fps, first_image=first, should_stop=should_stop)

@@ -3,6 +3,7 @@ and the JSON it answers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ __all__ = [
     "Phase",
     "WebhookDelivery",
     "job_summary",
+    "key_digest",
     "plan",
     "status_payload",
     "styled",
@@ -101,6 +103,13 @@ class Job:
     rendered: anyio.Event = field(default_factory=anyio.Event)
     settled: anyio.Event = field(default_factory=anyio.Event)
     webhooks_done: anyio.Event = field(default_factory=anyio.Event)
+    # Read back from another gateway process's record: its charge was made (and is refunded) in that process.
+    restored: bool = False
+    key_digest: str = ""  # how a restored job, whose key is not kept, knows its key
+
+    def __post_init__(self) -> None:
+        if not self.key_digest:
+            self.key_digest = key_digest(self.key)
 
     @property
     def seconds(self) -> int:
@@ -116,6 +125,10 @@ class Job:
         if self.outcome == "COMPLETED" and not self.rendered.is_set():
             return "PROCESSING"  # the gateway never says COMPLETED before the file exists
         return self.outcome
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _iso(moment: datetime) -> str:

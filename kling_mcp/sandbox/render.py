@@ -11,6 +11,7 @@ PyAV and Pillow are imported inside the functions so that importing the sandbox 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import textwrap
 import threading
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from av.container import OutputContainer
     from PIL import Image, ImageFont
 
-__all__ = ["RenderCancelled", "render_placeholder"]
+__all__ = ["RenderCancelled", "render_job", "render_placeholder"]
 
 # One (top, bottom) gradient per shot, far apart in hue so consecutive shots are told apart at a glance.
 _PALETTE: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...] = (
@@ -282,3 +283,21 @@ def render_placeholder(
                 encoder.emit(_moving_layer(static, layout, k, count, encoder.frames, fps))
         encoder.finish()
     return encoder.frames
+
+
+def render_job(
+    path: Path,
+    shots: list[tuple[str, float]],
+    size: tuple[int, int],
+    fps: int,
+    image: bytes | None,
+    should_stop: Callable[[], bool],
+) -> int:
+    """A job's placeholder: ``image``, the encoded input of image-to-video, becomes its first frame."""
+    from PIL import Image
+
+    if image is None:
+        return render_placeholder(path, shots, size=size, fps=fps, should_stop=should_stop)
+    with Image.open(io.BytesIO(image)) as first:
+        first.load()
+        return render_placeholder(path, shots, size=size, fps=fps, first_image=first, should_stop=should_stop)

@@ -90,7 +90,10 @@ class SandboxConfig:
     """How the sandbox gateway behaves. The defaults give a usable offline mode; tests tighten them.
 
     ``render_size`` is the 16:9 frame; the other aspect ratios use the same long and short sides
-    (so (320, 180) renders 9:16 as 180x320 and 1:1 as 180x180).
+    (so (320, 180) renders 9:16 as 180x320 and 1:1 as 180x180). ``jobs_dir`` keeps a record of every job, so a
+    gateway started later on the same folder answers for them (None: jobs live as long as the gateway).
+    ``clock`` is the gateway's own time; ``wall_clock`` (Unix seconds) dates jobs and carries their age from one
+    process to another.
     """
 
     time_scale: float = 20.0
@@ -98,6 +101,7 @@ class SandboxConfig:
     render_size: tuple[int, int] | None = None
     fps: int = limits.SANDBOX_FPS
     media_dir: Path | None = None
+    jobs_dir: Path | None = None
     public_base_url: str | None = None
     keys: dict[str, float] | None = None
     default_balance_s: float = 1e9
@@ -110,6 +114,7 @@ class SandboxConfig:
     image_fetch_timeout_s: float = 10.0
     paths: GatewayPaths = field(default_factory=GatewayPaths)
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):

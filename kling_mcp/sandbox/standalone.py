@@ -99,6 +99,11 @@ def _simulation_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--render-size", type=_size, help="16:9 frame size WxH, e.g. 320x180 (default: 720p tier)")
     sim.add_argument("--fps", type=int, default=_DEFAULTS.fps, help="frames per second (default: %(default)s)")
     sim.add_argument("--media-dir", type=Path, help="where rendered MP4s go (default: a temporary directory)")
+    sim.add_argument(
+        "--jobs-dir",
+        type=Path,
+        help="keep a record of every job here, so a gateway started again on it knows them (default: memory only)",
+    )
     sim.add_argument("--max-concurrent-renders", type=int, default=_DEFAULTS.max_concurrent_renders)
     sim.add_argument("--webhook-attempts", type=int, default=_DEFAULTS.webhook_attempts)
 
@@ -150,6 +155,7 @@ _SAME_NAMED = (
     "render_size",
     "fps",
     "media_dir",
+    "jobs_dir",
     "public_base_url",
     "max_concurrent_renders",
     "webhook_attempts",
