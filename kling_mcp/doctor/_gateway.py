@@ -213,7 +213,11 @@ def _key_finding(report: Report, answers: tuple[Answer, ...], key: str) -> bool 
     if any(a.key for a in answers):
         report.add("ok", "API key", "accepted (the gateway answered past its key check)")
         return True
-    texts = "; ".join(sorted({a.text for a in answers}))
+    if all(a.route is False for a in answers):
+        # API Management matches the route before it looks at the key, so the route fixes come first.
+        report.add("fail", "API key", "could not be verified: no route answered past the gateway's routing")
+        return None
+    texts = "; ".join(sorted({a.text for a in answers if a.route is not False}))
     report.add(
         "fail",
         "API key",
@@ -228,6 +232,8 @@ def _unverified_route(report: Report, name: str, env: str, path: str, default: s
         report.add(
             "fail", name, f"{path} is not a route the gateway knows ({answer.text})", fix=route_fix(env, default)
         )
+    elif answer.key is False:
+        report.add("skip", name, f"{path} not verified: the key was refused first")
     else:
         report.add("warn", name, f"{path} not verified: {answer.text}")
 

@@ -264,7 +264,7 @@ async def download(gateway: Gateway, url: str, folder: Path, request_id: str, re
         return None
     seen = gateway.last("GET")
     ctype = seen.content_type.split(";")[0].strip() if seen is not None else ""
-    detail = f"{result.size_bytes / 1e6:.2f} MB, {ctype or 'no content-type'}, saved as {dest}"
+    detail = f"{result.size_bytes:,} bytes, {ctype or 'no content-type'}, saved as {dest}"
     if ctype != "video/mp4":
         report.add("warn", "download", f"{detail} (the contract says video/mp4; the probe below decides)")
     else:
