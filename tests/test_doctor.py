@@ -286,10 +286,11 @@ async def test_a_gateway_that_takes_the_probe_body_is_an_alarm(tmp_path: Path) -
     assert "a job may exist as request kling-video-v3-turbo-pro-text-to-video_" in line
     assert "check the Pixazo console" in line
     assert "not attempted" in finding(report, "generation")  # never pay after such an answer
-    assert state.submits == 2
+    assert "not probed" in finding(report, "image-to-video route")
+    assert state.submits == 1  # one accidental job is enough to know
 
 
-def contract_breaker(video: Path, *, with_output: bool) -> tuple[Starlette, dict[str, int]]:
+def contract_breaker(video: Path, *, with_output: bool, forgets: bool = False) -> tuple[Starlette, dict[str, int]]:
     """A gateway that bends the contract everywhere the client tolerates it (and, without output, where it cannot)."""
     polls = {"n": 0}
 
@@ -300,7 +301,7 @@ def contract_breaker(video: Path, *, with_output: bool) -> tuple[Starlette, dict
         return JSONResponse({"id": "job-1", "status": "ACCEPTED"}, 201)
 
     async def status(request: Request) -> Response:
-        if request.path_params["request_id"] != "job-1":
+        if forgets or request.path_params["request_id"] != "job-1":
             return JSONResponse({"error": "Not Found", "message": "unknown request"}, 404)
         polls["n"] += 1
         if polls["n"] < 3:
@@ -348,6 +349,17 @@ async def test_a_completion_without_media_url_fails_generation(tmp_path: Path) -
     assert line.startswith("FAIL")
     assert "without output.media_url" in line
     assert polls["n"] == 3  # stopped at the completion instead of polling on
+
+
+async def test_a_status_route_that_never_knows_the_new_request_is_blamed_after_a_few_polls(tmp_path: Path) -> None:
+    app, _ = contract_breaker(make_clip(tmp_path / "clip.mp4"), with_output=True, forgets=True)
+    code, report = await generate_against(app, tmp_path, RIGHT_KEY)
+    assert code == 1
+    assert finding(report, "status route").startswith("ok")  # a made-up id is answered 404, as expected
+    line = [f for f in fails(report) if "status route" in f]
+    assert len(line) == 1
+    assert "does not know the request just submitted" in line[0]
+    assert "PIXAZO_STATUS_PATH" in report.split(line[0], 1)[1].splitlines()[1]
 
 
 async def test_unwritable_folders_name_their_variables(

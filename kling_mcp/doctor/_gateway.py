@@ -111,6 +111,9 @@ class Answer:
     out_of_balance: bool = False
 
 
+_NOT_SENT = Answer(True, None, None, "not sent")
+
+
 def read_answer(error: GatewayError | None) -> Answer:
     if error is None:
         return Answer(True, True, True, "HTTP 2xx with a JSON object", taken=True)
@@ -171,7 +174,8 @@ async def check_gateway(gateway: Gateway, report: Report) -> bool:
     report.add("ok", "reachable", "the gateway answers")
     defaults = GatewayPaths()
     t2v, t2v_id = await probe_submit(gateway, "text_to_video")
-    i2v, i2v_id = await probe_submit(gateway, "image_to_video")
+    # A gateway that took the first probe for a job would take the second too: one is enough to know.
+    i2v, i2v_id = (_NOT_SENT, None) if t2v.taken else await probe_submit(gateway, "image_to_video")
     key_ok = _key_finding(report, (status, t2v, i2v), gateway.api_key)
     if status.route is True and status.taken:
         report.add("warn", "status route", f"{gateway.paths.status} answered HTTP 200 for a made-up request id")
@@ -179,19 +183,24 @@ async def check_gateway(gateway: Gateway, report: Report) -> bool:
         report.add("ok", "status route", f"{gateway.paths.status} answers a made-up request id with {status.text}")
     else:
         _unverified_route(report, "status route", "PIXAZO_STATUS_PATH", gateway.paths.status, defaults.status, status)
-    routes_ok = True
-    for name, env, path, default, (answer, request_id) in (
-        ("text-to-video route", "PIXAZO_T2V_PATH", gateway.paths.text_to_video, defaults.text_to_video, (t2v, t2v_id)),
-        (
+    paths = gateway.paths
+    t2v_ok = _submit_route_finding(
+        report, "text-to-video route", "PIXAZO_T2V_PATH", paths.text_to_video, defaults.text_to_video, t2v, t2v_id
+    )
+    if t2v.taken:
+        report.add("skip", "image-to-video route", "not probed: the text-to-video route took the probe for a job")
+    else:
+        _submit_route_finding(
+            report,
             "image-to-video route",
             "PIXAZO_I2V_PATH",
-            gateway.paths.image_to_video,
+            paths.image_to_video,
             defaults.image_to_video,
-            (i2v, i2v_id),
-        ),
-    ):
-        routes_ok &= _submit_route_finding(report, name, env, path, default, answer, request_id)
-    return key_ok is not False and t2v.route is not False and routes_ok
+            i2v,
+            i2v_id,
+        )
+    # The paid check makes a text-to-video clip: that route and the key are what it needs.
+    return key_ok is not False and t2v_ok
 
 
 def _reach_fix(base_url: str) -> str:

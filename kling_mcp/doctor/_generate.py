@@ -31,6 +31,7 @@ _REQUEST_ID = re.compile(
 _DOCUMENTED_STATUSES = ("QUEUED", "PROCESSING", "COMPLETED", "FAILED", "ERROR")
 _LIVE_SIZE_16_9 = (1920, 1080)  # docs/pixazo-contract.md §6
 CLIP_S = limits.DURATION_MIN_S
+_MISSES = 3  # 404s in a row for the request just submitted before the route is blamed
 _PROMPT = "kling-mcp doctor test clip: a red ball rolls slowly across a wooden table, soft daylight"
 
 
@@ -148,9 +149,12 @@ async def poll_until_done(
                 status = await gateway.client.status(submission.request_id, polling_url=polling_url)
             except NotFoundError as exc:
                 misses += 1
-                polling_url = _after_miss(gateway, submission, report, exc, misses, polling_url)
-                if polling_url is None and misses >= 3:
-                    return None
+                fallback = _fallback_url(gateway, submission) if polling_url is None else None
+                if fallback is not None or misses >= _MISSES:
+                    _report_miss(gateway, submission, report, exc, polling_url, fallback)
+                    if fallback is None:
+                        return None
+                    polling_url, misses = fallback, 0
             except GatewayError as exc:
                 report.add("fail", "status poll", exc.message, fix=exc.hint)
                 return None
@@ -164,23 +168,33 @@ async def poll_until_done(
     return _judge_statuses(status, seen, submission, report, deadline)
 
 
-def _after_miss(
-    gateway: Gateway, submission: Submission, report: Report, exc: NotFoundError, misses: int, current: str | None
-) -> str | None:
-    """After a 404 for the request just submitted: the URL to poll next (None: the configured route)."""
-    if current is not None:
-        return current
-    alternative = submission.polling_url
-    usable = alternative is not None and gateway.client.status_url(submission.request_id, alternative) == alternative
-    if usable or misses >= 3:
-        report.add(
-            "fail",
-            "status route",
-            f"{gateway.paths.status} does not know the request just submitted ({exc.gateway_message})"
-            + ("; polling the gateway's polling_url instead" if usable else ""),
-            fix=_status_fix(submission, gateway),
-        )
-    return alternative if usable else None
+def _fallback_url(gateway: Gateway, submission: Submission) -> str | None:
+    """The gateway's ``polling_url`` when the server would poll it and it is not the configured route."""
+    url = submission.polling_url
+    configured = gateway.client.status_url(submission.request_id)
+    if url is None or url == configured or gateway.client.status_url(submission.request_id, url) != url:
+        return None
+    return url
+
+
+def _report_miss(
+    gateway: Gateway,
+    submission: Submission,
+    report: Report,
+    exc: NotFoundError,
+    polling_url: str | None,
+    fallback: str | None,
+) -> None:
+    if polling_url is not None:
+        report.add("fail", "status poll", f"the gateway's own polling_url answered 404 {_MISSES} times in a row")
+        return
+    report.add(
+        "fail",
+        "status route",
+        f"{gateway.paths.status} does not know the request just submitted ({exc.gateway_message})"
+        + ("; polling the gateway's polling_url instead" if fallback else ""),
+        fix=_status_fix(submission, gateway),
+    )
 
 
 def _ended(status: GatewayStatus) -> bool:
