@@ -1,4 +1,4 @@
-"""Command line: ``kling-mcp [serve]``, ``kling-mcp demo``, ``kling-mcp sandbox-gateway``.
+"""Command line: ``kling-mcp [serve]``, ``kling-mcp demo``, ``kling-mcp doctor``, ``kling-mcp sandbox-gateway``.
 
 Heavy modules load inside the command that needs them, so ``kling-mcp`` starts fast.
 """
@@ -32,6 +32,13 @@ def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
         help="serve HTTP on a non-loopback address without KLING_MCP_AUTH_TOKEN (anyone who reaches it can spend)",
     )
     sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
+    doctor = sub.add_parser(
+        "doctor", help="check the configuration, API key, gateway routes, folders and media decoding (free)"
+    )
+    doctor.add_argument(
+        "--generate", action="store_true", help="also make one 3 s clip and check it against the contract (billed)"
+    )
+    doctor.add_argument("--yes", "-y", action="store_true", help="with --generate: do not ask for confirmation")
     gateway = sub.add_parser("sandbox-gateway", help="run the sandbox gateway alone (the Pixazo HTTP contract)")
     if gateway_flags:  # they come with the whole sandbox, which the server itself starts off its critical path
         from kling_mcp.sandbox.standalone import add_arguments
@@ -48,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kling_mcp.sandbox.standalone import run
 
         return int(run(args))
+    if command == "doctor":
+        from kling_mcp.doctor import main as doctor
+
+        return doctor(generate_clip=args.generate, yes=args.yes)
     if command == "demo":
         from kling_mcp.demo import run_demo
 
