@@ -75,7 +75,7 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-async def _gateway_url(settings: Settings, stack: AsyncExitStack, transport: httpx2.AsyncBaseTransport | None) -> str:
+async def gateway_url(settings: Settings, stack: AsyncExitStack, transport: httpx2.AsyncBaseTransport | None) -> str:
     """The live gateway, a configured one, or the built-in sandbox started for this process."""
     if settings.live or settings.base_url is not None or transport is not None:
         return settings.gateway_url
@@ -121,7 +121,7 @@ async def open_runtime(
         # answering the client's first requests meanwhile.
         tls, store = await anyio.to_thread.run_sync(_open_blocking, settings, clock)
         stack.callback(store.close)
-        base_url = await _gateway_url(settings, stack, transport)
+        base_url = await gateway_url(settings, stack, transport)
         if not settings.live:
             log.warning("SANDBOX mode: placeholder videos from the sandbox gateway at %s; nothing is charged", base_url)
         api_key = settings.api_key if settings.live else (settings.api_key or SANDBOX_KEY)

@@ -29,7 +29,7 @@ from kling_mcp.errors import (
 from kling_mcp.models import Endpoint, GenerationRequest
 from kling_mcp.netguard import guarded_client
 from kling_mcp.pixazo import PixazoClient, RetryPolicy
-from kling_mcp.runtime import _gateway_url
+from kling_mcp.runtime import gateway_url
 from kling_mcp.tls import tls_context
 
 # A well-formed id no gateway has issued: its status poll is free and must be answered 404 past the key check.
@@ -77,7 +77,7 @@ async def open_gateway(settings: Settings, retry: RetryPolicy) -> AsyncIterator[
 
     async with AsyncExitStack() as stack:
         tls = await anyio.to_thread.run_sync(tls_context)
-        base_url = await _gateway_url(settings, stack, None)
+        base_url = await gateway_url(settings, stack, None)
         http = await stack.enter_async_context(
             httpx2.AsyncClient(
                 timeout=httpx2.Timeout(settings.request_timeout, connect=10.0),
