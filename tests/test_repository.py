@@ -27,9 +27,12 @@ def test_importing_the_server_loads_no_media_library() -> None:
 def test_the_readme_opens_with_the_demo_and_the_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("```bash", 1)[1].split("```", 1)[0]
-    assert "kling-mcp demo" in block
-    assert "python -m pytest" in block
-    assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    demo, tests = (line.split("#", 1)[0].strip() for line in block.strip().splitlines()[:2])
+    assert "kling-mcp demo" in demo
+    assert "python -m pytest" in tests
+    # Each creates the virtual environment it uses: stock Pythons refuse a bare pip install (PEP 668).
+    assert demo.startswith("python3 -m venv ") and tests.startswith("python3 -m venv ")
+    assert tests in (ROOT / ".ci" / "run").read_text(), "CI must run the README's test command as written"
 
 
 CONTRACT_SECTIONS = (

@@ -242,7 +242,7 @@ def _state_lines(result: JobResult, job: Job) -> list[str]:
             "Still running is normal; the job continues in the background.",
         ]
     elif result.status == "unknown":
-        lines = [f"Job {result.request_id}: submit outcome unknown. {_clip(result.error or '', ERROR_TEXT_MAX_CHARS)}"]
+        lines = [f"Job {result.request_id}: outcome unknown. {_clip(result.error or '', ERROR_TEXT_MAX_CHARS)}"]
     else:
         lines = [
             f"Job {result.request_id} ended {result.status.upper()}: {_clip(result.error or '', ERROR_TEXT_MAX_CHARS)}"

@@ -47,10 +47,14 @@ async def session(
         streams = streamable_http_client(url or "")
     else:
         command, argv = common.stdio_command()
-        streams = stdio_client(StdioServerParameters(command=command, args=argv, env=common.server_env(root)))
+        streams = stdio_client(StdioServerParameters(command=command, args=argv, env=common.server_env(root, **README_SETTINGS)))
     async with streams as (read, write, *_), cls(read, write) as s:
         await s.initialize()
         yield s
+
+
+# The README's note for Gemini users: the library sends the whole result to the model as JSON, an image as base64.
+README_SETTINGS = {"KLING_MCP_PREVIEW_MAX_BYTES": "0"}
 
 
 async def gemini_run(s: ClientSession, script: list[ToolCall]) -> tuple[list[dict[str, Any]], BaseException | None]:
@@ -108,7 +112,7 @@ async def stripped(report: common.Report, s: ClientSession) -> None:
 
 async def run(report: common.Report, root: Path) -> None:
     if report.transport == "http":
-        with common.http_server(root) as url:
+        with common.http_server(root, **README_SETTINGS) as url:
             async with session("http", root, url) as s:
                 await checks(report, s)
             async with session("http", root, url, StrippedSession) as s:

@@ -121,8 +121,9 @@ def first_error(exc: BaseException) -> BaseException:
 # --- the server -----------------------------------------------------------------------------------------------
 
 
-def server_env(root: Path, time_scale: str = FAST_SCALE) -> dict[str, str]:
-    """Sandbox settings; ``PIXAZO_*`` left out so the built-in sandbox gateway runs."""
+def server_env(root: Path, time_scale: str = FAST_SCALE, **settings: str) -> dict[str, str]:
+    """Sandbox settings; ``PIXAZO_*`` left out so the built-in sandbox gateway runs. ``settings``: what the README's
+    client notes tell a framework's users to set."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}
     env.update(
         KLING_MCP_MODE="sandbox",
@@ -132,6 +133,7 @@ def server_env(root: Path, time_scale: str = FAST_SCALE) -> dict[str, str]:
         KLING_MCP_STATE_DIR=str(root / "state"),
         KLING_MCP_OUTPUT_DIR=str(root / "videos"),
     )
+    env.update(settings)
     return env
 
 
@@ -157,13 +159,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(root: Path, time_scale: str = FAST_SCALE) -> Iterator[str]:
+def http_server(root: Path, time_scale: str = FAST_SCALE, **settings: str) -> Iterator[str]:
     """``kling-mcp serve --transport http`` on a free loopback port; yields its /mcp URL."""
     port = _free_port()
     root.mkdir(parents=True, exist_ok=True)
     log = (root / "http-server.log").open("wb")
     cmd = [SERVER_PYTHON, "-m", "kling_mcp", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=server_env(root, time_scale), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=server_env(root, time_scale, **settings), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
