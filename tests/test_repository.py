@@ -31,7 +31,8 @@ def test_the_readme_opens_with_the_demo_and_the_test_command() -> None:
     assert "kling-mcp demo" in demo
     assert "python -m pytest" in tests
     # Each creates the virtual environment it uses: stock Pythons refuse a bare pip install (PEP 668).
-    assert demo.startswith("python3 -m venv ") and tests.startswith("python3 -m venv ")
+    assert demo.startswith("python3 -m venv ")
+    assert tests.startswith("python3 -m venv ")
     assert tests in (ROOT / ".ci" / "run").read_text(), "CI must run the README's test command as written"
 
 

@@ -47,7 +47,9 @@ async def session(
         streams = streamable_http_client(url or "")
     else:
         command, argv = common.stdio_command()
-        streams = stdio_client(StdioServerParameters(command=command, args=argv, env=common.server_env(root, **README_SETTINGS)))
+        streams = stdio_client(
+            StdioServerParameters(command=command, args=argv, env=common.server_env(root, **README_SETTINGS))
+        )
     async with streams as (read, write, *_), cls(read, write) as s:
         await s.initialize()
         yield s

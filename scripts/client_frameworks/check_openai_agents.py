@@ -102,8 +102,10 @@ async def checks(report: common.Report, server: Any) -> None:
         # give the server KLING_MCP_MAX_WAIT=4): noted, and what must hold is that the job outlives the call.
         seen = common.seen_tool_result(requests, 0)
         outcome = seen.text[:80] if seen else f"no tool result ({type(error).__name__ if error else 'none'})"
-        report.ok("note default 5 s session timeout", f"the model read {outcome!r}; the library logged: "
-                  f"{' | '.join(LOG.lines[-1:]) or 'nothing'}")
+        report.ok(
+            "note default 5 s session timeout",
+            f"the model read {outcome!r}; the library logged: {' | '.join(LOG.lines[-1:]) or 'nothing'}",
+        )
         listed = await server.call_tool("list_jobs", {"limit": 5})
         text = " ".join(getattr(block, "text", "") for block in listed.content)
         report.expect(
