@@ -14,13 +14,21 @@ completes the ``initialize`` handshake and times the answer of ``tools/list``. V
 Every run gets a fresh state and output directory. One warm-up run per variant is discarded (it fills the page
 cache and writes bytecode), so the figures are "cold process, warm disk cache", which is what a client restarting
 a server sees. Target: kling-mcp's median at most 1.10x the floor's.
+
+    python -m bench.cold_start --instructions    # needs valgrind
+
+counts instead the CPU instructions each variant executes from exec to its tools/list answer, once each under
+callgrind (a dump is requested the moment the answer arrives). Wall-clock ratios swing with whatever else the machine
+runs; instruction counts repeat to a fraction of a percent, so they show what a change costs on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,6 +108,71 @@ async def _run(runs: int, mode: str, variants: list[Variant], work: Path) -> Non
         print(f"  round {r + 1}/{runs} done ({load()})", file=sys.stderr)
 
 
+_HANDSHAKE = (
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    },
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+)
+
+
+def _instructions_of(variant: Variant, run_dir: Path) -> int:
+    """Instructions from exec to the tools/list answer, counted by callgrind (raw JSON-RPC, to know the pid)."""
+    out = run_dir / "callgrind.out"
+    run_dir.mkdir(parents=True)
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *variant.args]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=variant.env(run_dir),
+        cwd=REPO,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        for message in _HANDSHAKE:
+            proc.stdin.write(json.dumps(message).encode() + b"\n")
+            proc.stdin.flush()
+            if "id" in message:
+                while json.loads(proc.stdout.readline()).get("id") != message["id"]:
+                    pass
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True, timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    counts = [
+        int(line.split()[1])
+        for dump in run_dir.glob("callgrind.out*")
+        for line in dump.read_text().splitlines()
+        if line.startswith(("summary:", "totals:"))
+    ]
+    return max(counts)
+
+
+def _report_instructions(variants: list[Variant], work: Path) -> int:
+    print("# CPU instructions from exec to the tools/list answer, under callgrind (one run each; warm bytecode)")
+    for variant in variants:  # warm-up: bytecode written, page cache filled
+        anyio.run(_one, variant, work / f"warm-{variant.name}", "legacy", work / "stderr.log")
+    counts = {v.name: _instructions_of(v, work / f"cg-{v.name}") for v in variants}
+    floor = counts["floor"]
+    for name, count in counts.items():
+        print(f"{name:<8} {count / 1e6:9.1f} M instructions {count / floor:6.3f}x floor")
+    worst = max(count for name, count in counts.items() if name != "floor") / floor
+    verdict = "meets" if worst <= TARGET_RATIO else "misses"
+    print(f"target: at most {TARGET_RATIO}x floor; worst variant is {worst:.3f}x: {verdict} the target")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="measured runs per variant (default: %(default)s)")
@@ -114,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run this instead of python -m kling_mcp for the sandbox and live variants (split by shlex), "
         "e.g. to compare a patched build",
     )
+    parser.add_argument(
+        "--instructions", action="store_true", help="count CPU instructions under callgrind instead of timing"
+    )
     args = parser.parse_args(argv)
 
     header()
@@ -126,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.server_command:
         print(f"# kling-mcp variants run: {args.server_command}")
+    if args.instructions:
+        with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+            return _report_instructions(variants, Path(tmp))
     print(f"# {args.runs} runs per variant after 1 discarded warm-up, interleaved; client mode {args.mode}")
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         anyio.run(_run, args.runs, args.mode, variants, Path(tmp))

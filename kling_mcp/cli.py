@@ -5,16 +5,21 @@ Heavy modules load inside the command that needs them, so ``kling-mcp`` starts f
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kling_mcp import __version__
 from kling_mcp.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    import argparse
+
 
 def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="kling-mcp",
         description="MCP server for Kling Video 3 Turbo Pro on the Pixazo gateway. Without PIXAZO_API_KEY it runs "
@@ -49,6 +54,8 @@ def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # what desktop clients launch: stdio, nothing to parse (and no parser to build before answering)
+        return _serve("stdio", "127.0.0.1", 8000)
     args = _parser(gateway_flags=bool(argv) and argv[0] == "sandbox-gateway").parse_args(argv)
     command = args.command or "serve"
     if command == "sandbox-gateway":

@@ -5,8 +5,6 @@ from the constants here, so a limit cannot say one thing in prose and another in
 ``docs/pixazo-contract.md §3``.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Annotated, Final, Literal, get_args
 

@@ -6,8 +6,6 @@ Each ``Job`` field carries its ledger column (``Column``): the ledger derives it
 migrations from these fields, so a column is declared in one place.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from dataclasses import dataclass
@@ -52,7 +50,7 @@ class GenerationRequest(BaseModel):
     image_url: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> GenerationRequest:
+    def _check(self) -> "GenerationRequest":
         if self.prompt is not None:
             limits.check_prompt(self.prompt)
         if self.shots is not None:

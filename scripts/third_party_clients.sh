@@ -156,9 +156,12 @@ def job(doc, endpoint, seconds, shots, rid_file):
         fail(f"{path} has {len(data)} bytes / another sha256 than the job reports")
     if data[4:8] != b"ftyp":
         fail(f"{path} is not an MP4 (no ftyp box)")
-    links = {c.get("uri") for c in result["content"] if c.get("type") == "resource_link"}
-    if s["resource_uri"] not in links or path.as_uri() not in links:
-        fail(f"resource_links {sorted(links)} lack the job or the local file")
+    # Without KLING_MCP_RESULT_LINKS=1 a result has no resource_link blocks: the text names the job and the file.
+    text = " ".join(c.get("text", "") for c in result["content"] if c.get("type") == "text")
+    if any(c.get("type") == "resource_link" for c in result["content"]):
+        fail("a resource_link block although KLING_MCP_RESULT_LINKS is off")
+    if s["resource_uri"] not in text or str(path) not in text:
+        fail(f"the text does not name the job resource and the local file: {text[:300]!r}")
     Path(rid_file).write_text(rid)
     return f"{rid[-12:]} completed, {len(data)} B mp4"
 

@@ -5,8 +5,6 @@ input-required round trip on 2026 ones) and never appears in a tool's input sche
 whether or not anyone is asked.
 """
 
-from __future__ import annotations
-
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult
 from pydantic import BaseModel, Field
 

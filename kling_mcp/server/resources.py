@@ -1,7 +1,5 @@
 """The job resources: ``kling://jobs`` and, per job, its JSON, images and video."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,14 +48,14 @@ FRAME_RESOURCES: tuple[tuple[str, str, str, str, Callable[[MediaWorker, Job], Aw
 )
 
 
-async def _job(runtime: Runtime, request_id: str) -> Job:
+async def _job(runtime: "Runtime", request_id: str) -> Job:
     try:
         return await runtime.engine.get(request_id)
     except KlingError as exc:
         raise ResourceNotFoundError(str(exc)) from None
 
 
-async def chain_of(runtime: Runtime, job: Job) -> list[str]:
+async def chain_of(runtime: "Runtime", job: Job) -> list[str]:
     """Ids from the first clip of an extend_video chain to this one."""
     chain = [job.id]
     current = job

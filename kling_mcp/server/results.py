@@ -1,7 +1,5 @@
 """What a tool call returns: the result models (the tools' outputSchema) and their rendering for a model to read."""
 
-from __future__ import annotations
-
 import base64
 import logging
 import time
@@ -138,7 +136,7 @@ def _params(job: Job) -> JobParams:
     )
 
 
-def job_result(job: Job, *, runtime: Runtime, reused: bool = False) -> JobResult:
+def job_result(job: Job, *, runtime: "Runtime", reused: bool = False) -> JobResult:
     now = time.time()
     start = job.submitted_at or job.created_at
     end = job.finished_at if job.final else None
@@ -170,7 +168,7 @@ def job_result(job: Job, *, runtime: Runtime, reused: bool = False) -> JobResult
     )
 
 
-def job_out(job: Job, *, runtime: Runtime) -> JobOut:
+def job_out(job: Job, *, runtime: "Runtime") -> JobOut:
     """The job as list_jobs shows it: the advertised fields only."""
     return JobOut.model_validate(job_result(job, runtime=runtime).model_dump())
 
@@ -282,7 +280,7 @@ def summary(result: JobResult, job: Job) -> str:
     return _clip("\n".join(lines), TEXT_MAX_CHARS)
 
 
-async def tool_result(job: Job, *, runtime: Runtime, reused: bool = False) -> CallToolResult:
+async def tool_result(job: Job, *, runtime: "Runtime", reused: bool = False) -> CallToolResult:
     """Text, the structured job and at most one small image; links only when KLING_MCP_RESULT_LINKS asks for them."""
     result = job_result(job, runtime=runtime, reused=reused)
     content: list[Any] = [TextContent(type="text", text=summary(result, job))]
@@ -328,7 +326,7 @@ def file_link(path: Path, *, size: int | None) -> ResourceLink:
     )
 
 
-async def _preview_image(job: Job, runtime: Runtime) -> list[ImageContent]:
+async def _preview_image(job: Job, runtime: "Runtime") -> list[ImageContent]:
     """A small image of the video, so a vision model or a person sees what was made; never fails the call."""
     try:
         data = await runtime.media.preview_within(job, runtime.settings.preview_max_bytes)

@@ -4,8 +4,6 @@ Arguments are typed with the limits from ``kling_mcp.limits``, so the schema a m
 server makes come from the same constants.
 """
 
-from __future__ import annotations
-
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -140,7 +138,7 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
     return await tool_result(job, runtime=runtime, reused=submitted.reused)
 
 
-async def _image(runtime: Runtime, ref: str) -> str:
+async def _image(runtime: "Runtime", ref: str) -> str:
     """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client."""
     resolved = await resolve_image(
         ref, http=runtime.http, video_for_job=runtime.video_for_job, limiter=runtime.media.limiter
@@ -148,7 +146,7 @@ async def _image(runtime: Runtime, ref: str) -> str:
     return resolved.url
 
 
-async def _get_job(runtime: Runtime, request_id: str) -> Job:
+async def _get_job(runtime: "Runtime", request_id: str) -> Job:
     try:
         return await runtime.engine.get(request_id.strip())
     except KlingError as exc:
@@ -167,7 +165,7 @@ async def generate_video(
 ) -> Annotated[CallToolResult, JobOut]:
     """Text to video (Kling 3 Turbo Pro). If not done within wait_seconds, returns the running job: follow `next`."""
 
-    async def build(_: Runtime) -> GenerationRequest:  # built inside run_generation, where a limit is explained
+    async def build(_: "Runtime") -> GenerationRequest:  # built inside run_generation, where a limit is explained
         return GenerationRequest(endpoint="text_to_video", prompt=prompt, duration=duration, aspect_ratio=aspect_ratio)
 
     return await run_generation(ctx, build, Generation(wait_seconds, idempotency_key, force_new, confirmed))
@@ -186,7 +184,7 @@ async def animate_image(
 ) -> Annotated[CallToolResult, JobOut]:
     """Image to video: the image is the first frame, the prompt says what happens next."""
 
-    async def build(runtime: Runtime) -> GenerationRequest:
+    async def build(runtime: "Runtime") -> GenerationRequest:
         image = await _image(runtime, image_url)
         return GenerationRequest(
             endpoint="image_to_video", prompt=prompt, image_url=image, duration=duration, aspect_ratio=aspect_ratio
@@ -207,7 +205,7 @@ async def storyboard(
 ) -> Annotated[CallToolResult, JobOut]:
     """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
 
-    async def build(runtime: Runtime) -> GenerationRequest:
+    async def build(runtime: "Runtime") -> GenerationRequest:
         return GenerationRequest(
             endpoint="image_to_video" if image_url else "text_to_video",
             shots=tuple(shots),
@@ -235,7 +233,7 @@ async def extend_video(
     except KlingError as exc:
         raise ToolError(error_text(exc)) from None
 
-    async def build(runtime: Runtime) -> GenerationRequest:
+    async def build(runtime: "Runtime") -> GenerationRequest:
         image = await _image(runtime, job_uri(parent.id, "last-frame"))
         return GenerationRequest(
             endpoint="image_to_video",
