@@ -277,3 +277,20 @@ class RawSession:
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The tool's result; its ``structuredContent`` holds the job."""
         return await self.request("tools/call", {"name": name, "arguments": arguments})
+
+
+# A raw stdio handshake up to tools/list (id 2), for benches that need the server's pid or its exact bytes.
+STDIO_HANDSHAKE: tuple[dict[str, object], ...] = (
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    },
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}},
+)

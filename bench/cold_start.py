@@ -39,7 +39,7 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters, stdio_client
 
-from bench._common import REPO, base_env, free_port, header, load
+from bench._common import REPO, STDIO_HANDSHAKE, base_env, free_port, header, load
 
 TARGET_RATIO = 1.10
 
@@ -108,22 +108,6 @@ async def _run(runs: int, mode: str, variants: list[Variant], work: Path) -> Non
         print(f"  round {r + 1}/{runs} done ({load()})", file=sys.stderr)
 
 
-_HANDSHAKE = (
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        },
-    },
-    {"jsonrpc": "2.0", "method": "notifications/initialized"},
-    {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-)
-
-
 def _instructions_of(variant: Variant, run_dir: Path) -> int:
     """Instructions from exec to the tools/list answer, counted by callgrind (raw JSON-RPC, to know the pid)."""
     out = run_dir / "callgrind.out"
@@ -140,7 +124,7 @@ def _instructions_of(variant: Variant, run_dir: Path) -> int:
     assert proc.stdin is not None
     assert proc.stdout is not None
     try:
-        for message in _HANDSHAKE:
+        for message in STDIO_HANDSHAKE:
             proc.stdin.write(json.dumps(message).encode() + b"\n")
             proc.stdin.flush()
             if "id" in message:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import REPO, base_env, header
+from bench._common import REPO, STDIO_HANDSHAKE, base_env, header
 
 TARGET_TOKENS = 2500
 ENCODINGS = ("cl100k_base", "o200k_base")  # the ones bpe-openai ships; others would reach for the network
@@ -67,20 +67,6 @@ def tools_list_line(work: Path) -> bytes:
         KLING_MCP_STATE_DIR=str(work / "state"),
         KLING_MCP_OUTPUT_DIR=str(work / "out"),
     )
-    messages = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "b", "version": "0"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}},
-    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "kling_mcp"],
         env=env,
@@ -92,7 +78,7 @@ def tools_list_line(work: Path) -> bytes:
     assert proc.stdin is not None
     assert proc.stdout is not None
     try:
-        for message in messages:
+        for message in STDIO_HANDSHAKE:
             proc.stdin.write(json.dumps(message).encode() + b"\n")
             proc.stdin.flush()
         while True:
