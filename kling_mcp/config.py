@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from kling_mcp.errors import ConfigurationError
-from kling_mcp.models import Mode
+from kling_mcp.models import LOCAL_OWNER, Mode
 from kling_mcp.render_size import is_render_size
 
 ModeSetting = Literal["auto", Mode]  # auto: live with an API key, sandbox without
@@ -248,7 +248,6 @@ class Settings:
 
 # --- bearer tokens and their owners --------------------------------------------------------------------------
 
-LOCAL_OWNER: Final = "local"  # who owns jobs made without a token: over stdio, or over HTTP without auth
 _OWNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
 
 

@@ -71,7 +71,12 @@ def engine_config(settings: Settings) -> EngineConfig:
         time_scale=time_scale,
         dedupe_seconds=settings.dedupe_seconds,
         error_retries=settings.error_retries,
-        guards=Guards(max_active_jobs=settings.max_active_jobs, daily_seconds=settings.daily_seconds),
+        guards=Guards(
+            max_active_jobs=settings.max_active_jobs,
+            daily_seconds=settings.daily_seconds,
+            total_daily_seconds=settings.total_daily_seconds,
+        ),
+        retention_seconds=settings.retention_days * 86400 if settings.retention_days else None,
     )
 
 

@@ -15,7 +15,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context
 
-from kling_mcp.config import LOCAL_OWNER
+from kling_mcp.models import LOCAL_OWNER
 
 __all__ = ["LOCAL_OWNER", "owner_of", "owner_of_token"]
 
