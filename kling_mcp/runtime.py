@@ -43,8 +43,9 @@ class Runtime:
     def live(self) -> bool:
         return self.settings.live
 
-    async def video_for_job(self, any_id: str) -> Path:
-        return local_video(await self.engine.get(any_id))
+    async def video_for_job(self, any_id: str, *, owner: str) -> Path:
+        """The saved video of one of ``owner``'s jobs."""
+        return local_video(await self.engine.get(any_id, owner=owner))
 
 
 def webhook_url_for(public_url: str | None) -> Callable[[Job], str | None] | None:

@@ -15,25 +15,21 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, TypedDict, TypeVar, Unpack
 
 import anyio
 from pydantic import BaseModel
 
-from kling_mcp import limits
-from kling_mcp.errors import InvalidInputError, JobNotFoundError, Measured, SpendLimitError
+from kling_mcp.errors import InvalidInputError, JobNotFoundError, Measured
 from kling_mcp.models import (
-    ACTIVE,
     DOWNLOAD_OWED,
     FINAL,
     GATEWAY_FAILED,
     LOCAL_OWNER,
-    NOT_CHARGED,
     Column,
     DownloadState,
     GenerationRequest,
@@ -41,6 +37,9 @@ from kling_mcp.models import (
     Mode,
 )
 from kling_mcp.models import Job as Job  # the ledger's own name for it, kept for callers that import it from here
+from kling_mcp.spend import Guards as Guards  # checked in the ledger's transactions; callers import it from here
+from kling_mcp.spend import check_guards
+from kling_mcp.spend import marks as _marks
 
 T = TypeVar("T")
 
@@ -155,10 +154,6 @@ def _to_columns(fields: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def _marks(values: Collection[object]) -> str:
-    return ", ".join("?" * len(values))
-
-
 class JobUpdate(TypedDict, total=False):
     """What ``Store.update`` may set, typed as the Job fields it sets; the ledger keeps the other columns itself."""
 
@@ -178,79 +173,6 @@ class JobUpdate(TypedDict, total=False):
 
 
 _UPDATABLE: Final = JobUpdate.__optional_keys__ - {"attempt_id"}
-
-
-@dataclass(frozen=True)
-class Guards:
-    """Spend limits checked in the same transaction that records a job, so concurrent calls cannot overshoot.
-
-    ``max_active_jobs`` and ``daily_seconds`` hold for each owner; ``total_daily_seconds`` for all of them together.
-    """
-
-    max_active_jobs: int | None = None
-    daily_seconds: int | None = None
-    total_daily_seconds: int | None = None
-
-
-def _utc_day_bounds(now: float) -> tuple[float, float]:
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp(), (day + timedelta(days=1)).timestamp()
-
-
-def _billed_today(conn: sqlite3.Connection, start: float, owner: str | None) -> int:
-    """Seconds of video asked for since ``start`` that may be billed: by ``owner``, or by everyone (None)."""
-    free = sorted(NOT_CHARGED)
-    sql = f"SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status NOT IN ({_marks(free)})"
-    args: list[object] = [start, *free]
-    if owner is not None:
-        sql += " AND principal = ?"
-        args.append(owner)
-    return int(conn.execute(sql, args).fetchone()[0])
-
-
-def _check_budget(conn: sqlite3.Connection, budget: int, owner: str | None, seconds: int, now: float) -> None:
-    start, end = _utc_day_bounds(now)
-    left = max(0, budget - _billed_today(conn, start, owner))
-    if seconds <= left:
-        return
-    resets = datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
-    which = (
-        f"today's budget of {budget} s (KLING_MCP_DAILY_SECONDS)"
-        if owner is not None
-        else f"the server's budget of {budget} s for today, all users together (KLING_MCP_TOTAL_DAILY_SECONDS)"
-    )
-    raise SpendLimitError(
-        f"Refused: {seconds} s of video would exceed {which}; {left} s left.",
-        limit="daily_seconds" if owner is not None else "total_daily_seconds",
-        remaining=left,
-        resets_at=resets,
-        hint=f"Ask for at most {left} s, or wait until {resets} (UTC midnight)."
-        if left >= limits.DURATION_MIN_S
-        else f"Wait until {resets} (UTC midnight), when the budget resets.",
-    )
-
-
-def _check_guards(conn: sqlite3.Connection, guards: Guards, owner: str, seconds: int, now: float) -> None:
-    if guards.max_active_jobs is not None:
-        active_states = sorted(ACTIVE)
-        active = int(
-            conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE principal = ? AND status IN ({_marks(active_states)})",
-                (owner, *active_states),
-            ).fetchone()[0]
-        )
-        if active >= guards.max_active_jobs:
-            raise SpendLimitError(
-                f"Refused: {active} jobs are already running (KLING_MCP_MAX_ACTIVE_JOBS={guards.max_active_jobs}).",
-                limit="max_active_jobs",
-                remaining=0,
-                resets_at=None,
-                hint="Wait for a running job to finish (check_status or list_jobs), then call again.",
-            )
-    if guards.daily_seconds is not None:
-        _check_budget(conn, guards.daily_seconds, owner, seconds, now)
-    if guards.total_daily_seconds is not None:
-        _check_budget(conn, guards.total_daily_seconds, None, seconds, now)
 
 
 def _existing(
@@ -409,7 +331,7 @@ class Store:
                 if existing is not None:
                     return existing, False
                 if guards is not None:
-                    _check_guards(conn, guards, owner, request.video_seconds, now)
+                    check_guards(conn, guards, owner, request.video_seconds, now)
                 conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({_marks(row)})", tuple(row.values()))
                 conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))
                 return _job_row(conn, job_id), True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, Resolve
@@ -148,10 +148,7 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
 async def _image(runtime: Runtime, ref: str, owner: str) -> str:
     """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client, and a
     job's frame only from the owner's own jobs."""
-
-    async def video_for_job(any_id: str) -> Path:
-        return local_video(await runtime.engine.get(any_id, owner=owner))
-
+    video_for_job = partial(runtime.video_for_job, owner=owner)
     resolved = await resolve_image(ref, http=runtime.http, video_for_job=video_for_job, limiter=runtime.media.limiter)
     return resolved.url
 
