@@ -6,7 +6,9 @@ turns a bad value into a ``ConfigurationError`` that names the variable.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from kling_mcp.errors import ConfigurationError
-from kling_mcp.models import Mode
+from kling_mcp.models import LOCAL_OWNER, Mode
 from kling_mcp.render_size import is_render_size
 
 ModeSetting = Literal["auto", Mode]  # auto: live with an API key, sandbox without
@@ -180,8 +182,14 @@ class Settings:
     dedupe_seconds: float = field(default=600.0, metadata=_env("KLING_MCP_DEDUPE_SECONDS", _number(0.0)))
     error_retries: int = field(default=2, metadata=_env("KLING_MCP_ERROR_RETRIES", _whole(0)))
     max_active_jobs: int = field(default=8, metadata=_env("KLING_MCP_MAX_ACTIVE_JOBS", _whole(1)))
-    # seconds of video per UTC day; None: unlimited
+    # seconds of video per UTC day, per owner; None: unlimited
     daily_seconds: int | None = field(default=None, metadata=_env("KLING_MCP_DAILY_SECONDS", _whole(0)))
+    # seconds of video per UTC day for the whole server, all owners together; None (or 0): unlimited
+    total_daily_seconds: int | None = field(
+        default=None, metadata=_env("KLING_MCP_TOTAL_DAILY_SECONDS", _count_or_none)
+    )
+    # days after which a finished job's prompts and image references are kept only as hashes; 0: kept for good
+    retention_days: float = field(default=30.0, metadata=_env("KLING_MCP_RETENTION_DAYS", _number(0.0)))
     confirm_above_seconds: int | None = field(default=None, metadata=_env("KLING_MCP_CONFIRM_ABOVE_SECONDS", _whole(0)))
     # let downloads and image checks reach private addresses (sandbox, tests)
     allow_private_urls: bool = field(default=False, metadata=_env("KLING_MCP_ALLOW_PRIVATE_URLS", _flag))
@@ -227,6 +235,7 @@ class Settings:
                 "KLING_MCP_MODE=live needs PIXAZO_API_KEY.",
                 hint="Set PIXAZO_API_KEY to your Pixazo key, or use KLING_MCP_MODE=sandbox to try it offline.",
             )
+        token_owners(self.auth_tokens)
         return self
 
     def with_(self, **changes: object) -> Settings:
@@ -235,6 +244,44 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return cls(**_from_env(cls, env), paths=GatewayPaths(**_from_env(GatewayPaths, env))).check()
+
+
+# --- bearer tokens and their owners --------------------------------------------------------------------------
+
+_OWNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
+
+
+def token_owner_name(token: str) -> str:
+    """The owner of a token given without a name: stable across restarts, and never the token itself."""
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def token_owners(entries: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """KLING_MCP_AUTH_TOKEN's entries as (owner, token) pairs; an entry is ``name=token`` or a bare token.
+
+    An entry is named only when the text before its first ``=`` is a valid name and the rest does not start with
+    ``=``: a base64 token ends in ``=`` padding, which must not make it a name.
+    """
+    pairs: list[tuple[str, str]] = []
+    for entry in entries:
+        name, sep, token = entry.partition("=")
+        if sep and token and not token.startswith("=") and _OWNER_NAME.fullmatch(name):
+            pairs.append((name, token))
+        else:
+            pairs.append((token_owner_name(entry), entry))
+    owners = [owner for owner, _ in pairs]
+    twice = sorted({owner for owner in owners if owners.count(owner) > 1})
+    if twice:
+        raise ConfigurationError(
+            f"KLING_MCP_AUTH_TOKEN names the owner {twice[0]!r} more than once.",
+            hint="Give each person their own name=token entry; a name is whose jobs a token sees.",
+        )
+    if LOCAL_OWNER in owners:
+        raise ConfigurationError(
+            f"KLING_MCP_AUTH_TOKEN may not name the owner {LOCAL_OWNER!r}: it is the local (stdio) user.",
+            hint="Pick another name for that token.",
+        )
+    return tuple(pairs)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from kling_mcp.files import safe_component, stale_temps
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
+    LOCAL_OWNER,
     NO_VIDEO,
     RUNNING,
     GenerationRequest,
@@ -70,6 +71,8 @@ class EngineConfig:
     max_concurrent_polls: int = 16
     submit_grace_seconds: float = 120.0  # a row left 'submitting' longer than this was cut off mid-submit
     max_download_backoff: float = 60.0
+    retention_seconds: float | None = None  # final jobs' prompts and images become hashes after this; None: kept
+    prune_interval: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class JobEngine:
             self._tg = tg
             try:
                 await self._resume()
+                tg.start_soon(self._prune_now_and_then, name="ledger pruning")
                 yield self
             finally:
                 self._tg = None
@@ -137,7 +141,7 @@ class JobEngine:
     async def _resume(self) -> None:
         for job in await self.store.unsettled():
             if job.status == "submitting":
-                if owner_is_dead(job.owner) or self._clock() - job.created_at > self.config.submit_grace_seconds:
+                if owner_is_dead(job.process) or self._clock() - job.created_at > self.config.submit_grace_seconds:
                     await self._set(
                         job,
                         status="unknown",
@@ -149,6 +153,18 @@ class JobEngine:
             self._drive(job)
         log.info("resumed unfinished jobs from the ledger")
 
+    async def _prune_now_and_then(self) -> None:
+        """Keeps the ledger to what jobs need (no inline image once final) and to the retention period."""
+        while True:
+            try:
+                pruned = await self.store.prune(older_than=self.config.retention_seconds)
+            except Exception:  # pruning must never stop the engine; the next round tries again
+                log.exception("pruning the ledger failed")
+            else:
+                if pruned:
+                    log.info("pruned the requests of %d finished jobs", pruned)
+            await anyio.sleep(self.config.prune_interval)
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -158,14 +174,17 @@ class JobEngine:
         self,
         request: GenerationRequest,
         *,
+        owner: str = LOCAL_OWNER,
         idempotency_key: str | None = None,
         force_new: bool = False,
         parent_id: str | None = None,
     ) -> Submitted:
-        """Records the job, then submits it once. Reuses a job for the same key or an identical recent request."""
+        """Records the owner's job, then submits it once. Reuses their job for the same key or an identical recent
+        request."""
         job, created = await self.store.create(
             request,
             mode=self.config.mode,
+            owner=owner,
             idempotency_key=idempotency_key,
             dedupe_seconds=0.0 if force_new else self.config.dedupe_seconds,
             parent_id=parent_id,
@@ -182,9 +201,10 @@ class JobEngine:
         self._drive(job)
         return Submitted(job, reused=False)
 
-    async def get(self, any_id: str) -> Job:
-        """A job by any of its ids. Asking about a job whose download gave up tries the download again."""
-        job = await self.store.get(any_id)
+    async def get(self, any_id: str, *, owner: str | None = None) -> Job:
+        """A job by any of its ids (with ``owner``, only theirs). Asking about a job whose download gave up tries
+        the download again."""
+        job = await self.store.get(any_id, owner=owner)
         if job.status == "completed" and job.download_state == "failed" and self.config.output_dir is not None:
             job = await self._set(job, download_state="pending", download_attempts=0)
         self._drive(job)

@@ -6,8 +6,11 @@ Each ``Job`` field carries its ledger column (``Column``): the ledger derives it
 migrations from these fields, so a column is declared in one place.
 """
 
+import base64
+import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -15,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kling_mcp import limits
 from kling_mcp.errors import InvalidInputError, Measured
+
+LOCAL_OWNER: Final = "local"  # who owns jobs made without a token: over stdio, or over HTTP without auth
 
 Mode = Literal["live", "sandbox"]  # live requests cost money; sandbox ones go to the built-in gateway
 
@@ -98,6 +103,53 @@ class GenerationRequest(BaseModel):
         canonical = json.dumps({"endpoint": self.endpoint, **self.body()}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def without_inline_image(self) -> "GenerationRequest":
+        """The request with a ``data:`` image replaced by its digest: what a final job keeps (it is never resent)."""
+        if not is_inline_image(self.image_url):
+            return self
+        assert self.image_url is not None
+        return self.model_copy(update={"image_url": _digest_of(self.image_url)})
+
+    def hashed(self) -> "GenerationRequest":
+        """The request with its prompts and image reference replaced by digests; durations and shape stay."""
+        shots = (
+            tuple(s.model_copy(update={"prompt": _digest_of(s.prompt)}) for s in self.shots)
+            if self.shots is not None
+            else None
+        )
+        return self.model_copy(
+            update={
+                "prompt": _digest_of(self.prompt) if self.prompt is not None else None,
+                "shots": shots,
+                "image_url": _digest_of(self.image_url) if self.image_url is not None else None,
+            }
+        )
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def digest(data: bytes) -> str:
+    """What the ledger keeps of something it no longer holds: ``sha256:`` and the hex digest."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _digest_of(text: str) -> str:
+    """The digest of a text; of the image itself for a base64 ``data:`` URI, so it matches the file's sha256sum."""
+    if _DIGEST.fullmatch(text):
+        return text  # already a digest
+    head, comma, payload = text.partition(",")
+    if text.lower().startswith("data:") and comma and head.lower().endswith(";base64"):
+        try:
+            return digest(base64.b64decode(payload, validate=True))
+        except (binascii.Error, ValueError):
+            pass
+    return digest(text.encode())
+
+
+def is_inline_image(url: str | None) -> bool:
+    return url is not None and url[:5].lower() == "data:"
+
 
 @dataclass(frozen=True)
 class Column:
@@ -127,7 +179,8 @@ class Job(BaseModel):
     mode: Annotated[Mode, Column("TEXT NOT NULL")]
     request: Annotated[GenerationRequest, Column("TEXT NOT NULL", name="request_json", as_json=True)]
     fingerprint: Annotated[str, Column("TEXT NOT NULL")]
-    idempotency_key: Annotated[str | None, Column("TEXT UNIQUE")]
+    # Unique per owner (an index in the ledger), so two people may use the same key.
+    idempotency_key: Annotated[str | None, Column("TEXT", since=2, name="owner_idempotency_key")] = None
     video_seconds: Annotated[int, Column("INTEGER NOT NULL")]
     attempts: Annotated[int, Column("INTEGER NOT NULL DEFAULT 0")]
     attempt_ids: Annotated[tuple[str, ...], Column("TEXT NOT NULL DEFAULT '[]'", as_json=True)]
@@ -144,7 +197,9 @@ class Job(BaseModel):
     sha256: Annotated[str | None, Column("TEXT")]
     size_bytes: Annotated[int | None, Column("INTEGER")]
     parent_id: Annotated[str | None, Column("TEXT")]  # the job this one continues (extend_video)
-    owner: Annotated[str | None, Column("TEXT")] = None  # the process that wrote the 'submitting' row
+    process: Annotated[str | None, Column("TEXT", name="owner")] = None  # the process that wrote 'submitting'
+    # Whose job it is: a token's name or a JWT's subject; only the owner sees it.
+    owner: Annotated[str, Column(f"TEXT NOT NULL DEFAULT '{LOCAL_OWNER}'", since=2, name="principal")] = LOCAL_OWNER
     # Names this job in its webhook URL, so it is kept out of every dump and repr.
     webhook_token: Annotated[str | None, Column("TEXT UNIQUE"), Field(repr=False, exclude=True)] = None
 

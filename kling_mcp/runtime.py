@@ -43,8 +43,9 @@ class Runtime:
     def live(self) -> bool:
         return self.settings.live
 
-    async def video_for_job(self, any_id: str) -> Path:
-        return local_video(await self.engine.get(any_id))
+    async def video_for_job(self, any_id: str, *, owner: str) -> Path:
+        """The saved video of one of ``owner``'s jobs."""
+        return local_video(await self.engine.get(any_id, owner=owner))
 
 
 def webhook_url_for(public_url: str | None) -> Callable[[Job], str | None] | None:
@@ -71,7 +72,12 @@ def engine_config(settings: Settings) -> EngineConfig:
         time_scale=time_scale,
         dedupe_seconds=settings.dedupe_seconds,
         error_retries=settings.error_retries,
-        guards=Guards(max_active_jobs=settings.max_active_jobs, daily_seconds=settings.daily_seconds),
+        guards=Guards(
+            max_active_jobs=settings.max_active_jobs,
+            daily_seconds=settings.daily_seconds,
+            total_daily_seconds=settings.total_daily_seconds,
+        ),
+        retention_seconds=settings.retention_days * 86400 if settings.retention_days else None,
     )
 
 

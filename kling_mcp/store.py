@@ -15,24 +15,21 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, TypedDict, TypeVar, Unpack
 
 import anyio
 from pydantic import BaseModel
 
-from kling_mcp import limits
-from kling_mcp.errors import JobNotFoundError, SpendLimitError
+from kling_mcp.errors import InvalidInputError, JobNotFoundError, Measured
 from kling_mcp.models import (
-    ACTIVE,
     DOWNLOAD_OWED,
     FINAL,
     GATEWAY_FAILED,
-    NOT_CHARGED,
+    LOCAL_OWNER,
     Column,
     DownloadState,
     GenerationRequest,
@@ -40,6 +37,9 @@ from kling_mcp.models import (
     Mode,
 )
 from kling_mcp.models import Job as Job  # the ledger's own name for it, kept for callers that import it from here
+from kling_mcp.spend import Guards as Guards  # checked in the ledger's transactions; callers import it from here
+from kling_mcp.spend import check_guards
+from kling_mcp.spend import marks as _marks
 
 T = TypeVar("T")
 
@@ -67,11 +67,20 @@ def owner_is_dead(owner: str | None) -> bool:
 
 # --- the schema, derived from the Job model -----------------------------------------------------------------
 
+# How much of a job's request the ledger still holds: all of it while the job may be sent again, then no inline
+# image (its hash instead), and after the retention period no prompt or image reference either (hashes of them).
+KEPT_WHOLE: Final = "whole"
+KEPT_NO_INLINE_IMAGE: Final = "no-inline-image"
+KEPT_HASHES: Final = "hashes"
+
 # Columns the ledger keeps for itself: the download lease, and room for later fields without a migration.
 _LEDGER_ONLY: Final[Mapping[str, Column]] = {
     "download_lease": Column("REAL"),
     "download_owner": Column("TEXT"),
     "extra_json": Column("TEXT NOT NULL DEFAULT '{}'"),
+    # Idempotency keys from before owners: unique across everyone, so version 2 moved them to the owner's column.
+    "idempotency_key": Column("TEXT UNIQUE"),
+    "request_kept": Column(f"TEXT NOT NULL DEFAULT '{KEPT_WHOLE}'", since=2),
 }
 
 
@@ -101,6 +110,13 @@ _EXTRA_DDL: Final[Mapping[int, tuple[str, ...]]] = {
         "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)",
         "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
         "CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs (job_id))",
+    ),
+    # Owners: jobs from before them are the local user's (the column's default); keys become unique per owner.
+    2: (
+        "UPDATE jobs SET owner_idempotency_key = idempotency_key, idempotency_key = NULL "
+        "WHERE idempotency_key IS NOT NULL",
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency ON jobs (principal, owner_idempotency_key)",
+        "CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (principal, created_at)",
     ),
 }
 SCHEMA_VERSION: Final = max(*_EXTRA_DDL, *(c.spec.since for c in _COLUMNS))
@@ -138,10 +154,6 @@ def _to_columns(fields: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def _marks(values: Collection[object]) -> str:
-    return ", ".join("?" * len(values))
-
-
 class JobUpdate(TypedDict, total=False):
     """What ``Store.update`` may set, typed as the Job fields it sets; the ledger keeps the other columns itself."""
 
@@ -163,74 +175,31 @@ class JobUpdate(TypedDict, total=False):
 _UPDATABLE: Final = JobUpdate.__optional_keys__ - {"attempt_id"}
 
 
-@dataclass(frozen=True)
-class Guards:
-    """Spend limits checked in the same transaction that records a job, so concurrent calls cannot overshoot."""
-
-    max_active_jobs: int | None = None
-    daily_seconds: int | None = None
-
-
-def _utc_day_bounds(now: float) -> tuple[float, float]:
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp(), (day + timedelta(days=1)).timestamp()
-
-
-def _check_guards(conn: sqlite3.Connection, guards: Guards, seconds: int, now: float) -> None:
-    if guards.max_active_jobs is not None:
-        active_states = sorted(ACTIVE)
-        active = int(
-            conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(active_states)})", active_states
-            ).fetchone()[0]
-        )
-        if active >= guards.max_active_jobs:
-            raise SpendLimitError(
-                f"Refused: {active} jobs are already running (KLING_MCP_MAX_ACTIVE_JOBS={guards.max_active_jobs}).",
-                limit="max_active_jobs",
-                remaining=0,
-                resets_at=None,
-                hint="Wait for a running job to finish (check_status or list_jobs), then call again.",
-            )
-    if guards.daily_seconds is not None:
-        start, end = _utc_day_bounds(now)
-        free = sorted(NOT_CHARGED)
-        used = int(
-            conn.execute(
-                "SELECT COALESCE(SUM(video_seconds), 0) FROM jobs "
-                f"WHERE created_at >= ? AND status NOT IN ({_marks(free)})",
-                (start, *free),
-            ).fetchone()[0]
-        )
-        left = max(0, guards.daily_seconds - used)
-        if seconds > left:
-            resets = datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
-            raise SpendLimitError(
-                f"Refused: {seconds} s of video would exceed today's budget of {guards.daily_seconds} s "
-                f"(KLING_MCP_DAILY_SECONDS); {left} s left.",
-                limit="daily_seconds",
-                remaining=left,
-                resets_at=resets,
-                hint=f"Ask for at most {left} s, or wait until {resets} (UTC midnight)."
-                if left >= limits.DURATION_MIN_S
-                else f"Wait until {resets} (UTC midnight), when the budget resets.",
-            )
-
-
 def _existing(
-    conn: sqlite3.Connection, idempotency_key: str | None, fingerprint: str, since: float | None
+    conn: sqlite3.Connection, owner: str, idempotency_key: str | None, fingerprint: str, since: float | None
 ) -> Job | None:
-    """The job a new request would repeat: same idempotency key, or (``since`` given) the same request since then."""
+    """The owner's job a new request would repeat: same idempotency key, or (``since`` given) the same request since
+    then. A key already used for a different request is refused: returning that other job would be a silent lie."""
     if idempotency_key is not None:
-        row = conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE principal = ? AND owner_idempotency_key = ?", (owner, idempotency_key)
+        ).fetchone()
         if row is not None:
-            return _row_to_job(row)
+            job = _row_to_job(row)
+            if job.fingerprint != fingerprint:
+                raise InvalidInputError(
+                    "idempotency_key",
+                    "new for a request with different arguments",
+                    Measured("a key already used for another request"),
+                    f"repeat job {job.id}'s exact arguments to get that job back, or use a new key for this request",
+                )
+            return job
     if since is not None:
         failed = sorted(GATEWAY_FAILED)
         row = conn.execute(
-            f"SELECT * FROM jobs WHERE fingerprint = ? AND created_at >= ? AND status NOT IN ({_marks(failed)}) "
-            "ORDER BY created_at DESC LIMIT 1",
-            (fingerprint, since, *failed),
+            "SELECT * FROM jobs WHERE principal = ? AND fingerprint = ? AND created_at >= ? "
+            f"AND status NOT IN ({_marks(failed)}) ORDER BY created_at DESC LIMIT 1",
+            (owner, fingerprint, since, *failed),
         ).fetchone()
         if row is not None:
             return _row_to_job(row)
@@ -320,6 +289,7 @@ class Store:
         request: GenerationRequest,
         *,
         mode: Mode,
+        owner: str = LOCAL_OWNER,
         idempotency_key: str | None = None,
         dedupe_seconds: float = 0.0,
         parent_id: str | None = None,
@@ -328,9 +298,9 @@ class Store:
     ) -> tuple[Job, bool]:
         """Records a job in state ``submitting``; returns (job, created).
 
-        When ``idempotency_key`` matches a job, or an identical request was made within ``dedupe_seconds`` and did
-        not fail, that job comes back with ``created=False`` and nothing new is recorded. The check and the insert
-        are one transaction, so two processes cannot both create the same job.
+        When ``idempotency_key`` matches one of the owner's jobs, or the owner made an identical request within
+        ``dedupe_seconds`` that did not fail, that job comes back with ``created=False`` and nothing new is
+        recorded. The check and the insert are one transaction, so two processes cannot both create the same job.
         """
         fingerprint = request.fingerprint()
         now = self._clock()
@@ -348,7 +318,8 @@ class Store:
                 "updated_at": now,
                 "download_state": "pending" if download else "off",
                 "parent_id": parent_id,
-                "owner": PROCESS_OWNER,
+                "process": PROCESS_OWNER,
+                "owner": owner,
                 "webhook_token": secrets.token_urlsafe(24),  # names this job in its webhook URL; unguessable
             }
         )
@@ -356,11 +327,11 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> tuple[Job, bool]:
             with _write(conn):
-                existing = _existing(conn, idempotency_key, fingerprint, since)
+                existing = _existing(conn, owner, idempotency_key, fingerprint, since)
                 if existing is not None:
                     return existing, False
                 if guards is not None:
-                    _check_guards(conn, guards, request.video_seconds, now)
+                    check_guards(conn, guards, owner, request.video_seconds, now)
                 conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({_marks(row)})", tuple(row.values()))
                 conn.execute("INSERT INTO aliases (alias, job_id) VALUES (?, ?)", (job_id, job_id))
                 return _job_row(conn, job_id), True
@@ -369,8 +340,11 @@ class Store:
 
     # --- reads ------------------------------------------------------------------------------------------------
 
-    async def get(self, any_id: str) -> Job:
-        """A job by its public id, local id or any attempt's request id."""
+    async def get(self, any_id: str, *, owner: str | None = None) -> Job:
+        """A job by its public id, local id or any attempt's request id; with ``owner``, only one of theirs.
+
+        Another owner's job is not found, with the very words of a missing one, so ids cannot be probed.
+        """
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
@@ -379,7 +353,7 @@ class Store:
             return _row_to_job(row) if row is not None else None
 
         job = await self._run(op)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFoundError(
                 f"No job {any_id!r} in the ledger.",
                 hint="Use list_jobs to see known request ids; ids look like kling-video-..._<uuid>.",
@@ -393,16 +367,23 @@ class Store:
 
         return await self._run(op)
 
-    async def recent(self, *, statuses: Sequence[JobStatus] | None = None, limit: int = 20) -> list[Job]:
+    async def recent(
+        self, *, owner: str | None = None, statuses: Sequence[JobStatus] | None = None, limit: int = 20
+    ) -> list[Job]:
+        """The newest jobs first: the owner's, or everyone's when ``owner`` is None."""
+        where: list[str] = []
+        args: list[object] = []
+        if owner is not None:
+            where.append("principal = ?")
+            args.append(owner)
+        if statuses:
+            where.append(f"status IN ({_marks(statuses)})")
+            args.extend(statuses)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+
         def op(conn: sqlite3.Connection) -> list[Job]:
-            if statuses:
-                rows = conn.execute(
-                    f"SELECT * FROM jobs WHERE status IN ({_marks(statuses)}) ORDER BY created_at DESC LIMIT ?",
-                    (*statuses, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
-            return [_row_to_job(r) for r in rows]
+            rows = conn.execute(f"SELECT * FROM jobs {clause}ORDER BY created_at DESC LIMIT ?", (*args, limit))
+            return [_row_to_job(r) for r in rows.fetchall()]
 
         return await self._run(op)
 
@@ -435,9 +416,41 @@ class Store:
                 if attempt_id is not None:
                     values.update(_add_attempt(conn, job_id, attempt_id))
                 columns = _to_columns(values)
+                if fields.get("status") in FINAL:
+                    columns.update(_kept_at_final(conn, job_id))
                 sets = ", ".join(f"{name} = ?" for name in columns)
                 conn.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*columns.values(), job_id))
                 return _job_row(conn, job_id)
+
+        return await self._run(op)
+
+    async def prune(self, *, older_than: float | None) -> int:
+        """Drops what final jobs no longer need; returns how many rows changed.
+
+        Inline images become digests (a ledger from before this rule still holds them), and with ``older_than``
+        (seconds) the prompts and image references of jobs final for longer become digests too. Rows stay: the
+        jobs are still listed.
+        """
+        final = sorted(FINAL)
+        cutoff = self._clock() - older_than if older_than is not None else -1.0  # -1: before any job
+
+        def op(conn: sqlite3.Connection) -> int:
+            with _write(conn):
+                rows = conn.execute(
+                    f"SELECT job_id, request_json, COALESCE(finished_at, updated_at) < ? AS expired FROM jobs "
+                    f"WHERE status IN ({_marks(final)}) AND (request_kept = ? OR (request_kept != ? "
+                    "AND COALESCE(finished_at, updated_at) < ?))",
+                    (cutoff, *final, KEPT_WHOLE, KEPT_HASHES, cutoff),
+                ).fetchall()
+                for row in rows:
+                    request = GenerationRequest.model_validate_json(row["request_json"])
+                    kept = KEPT_HASHES if row["expired"] else KEPT_NO_INLINE_IMAGE
+                    request = request.hashed() if row["expired"] else request.without_inline_image()
+                    conn.execute(
+                        "UPDATE jobs SET request_json = ?, request_kept = ? WHERE job_id = ?",
+                        (request.model_dump_json(), kept, row["job_id"]),
+                    )
+                return len(rows)
 
         return await self._run(op)
 
@@ -466,6 +479,15 @@ class Store:
                 return _job_row(conn, job_id)
 
         return await self._run(op)
+
+
+def _kept_at_final(conn: sqlite3.Connection, job_id: str) -> dict[str, object]:
+    """The columns that drop a job's inline image once it is final: a final job is never sent again."""
+    row = conn.execute("SELECT request_json, request_kept FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None or row["request_kept"] != KEPT_WHOLE:
+        return {}
+    request = GenerationRequest.model_validate_json(row["request_json"]).without_inline_image()
+    return {"request_json": request.model_dump_json(), "request_kept": KEPT_NO_INLINE_IMAGE}
 
 
 def _add_attempt(conn: sqlite3.Connection, job_id: str, attempt_id: str) -> dict[str, object]:

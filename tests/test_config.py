@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kling_mcp.config import DEFAULT_T2V_PATH, GatewayPaths, Settings
+from kling_mcp.config import DEFAULT_T2V_PATH, GatewayPaths, Settings, token_owner_name, token_owners
 from kling_mcp.errors import ConfigurationError
 
 # A valid value for each variable, and the value the setting then holds.
@@ -39,6 +39,8 @@ READS = {
     "KLING_MCP_LOG_LEVEL": ("debug", "log_level", "DEBUG"),
     "KLING_MCP_RESULT_LINKS": ("on", "result_links", True),
     "KLING_MCP_PREVIEW_MAX_BYTES": ("0", "preview_max_bytes", 0),
+    "KLING_MCP_TOTAL_DAILY_SECONDS": ("60", "total_daily_seconds", 60),
+    "KLING_MCP_RETENTION_DAYS": ("0", "retention_days", 0.0),
 }
 
 
@@ -60,6 +62,10 @@ def test_the_gateway_paths_are_read_and_default_when_blank() -> None:
         {"PIXAZO_T2V_PATH": "", "PIXAZO_I2V_PATH": "/i", "PIXAZO_STATUS_PATH": "/s/{request_id}"}
     )
     assert settings.paths == GatewayPaths(text_to_video=DEFAULT_T2V_PATH, image_to_video="/i", status="/s/{request_id}")
+
+
+def test_a_zero_total_daily_budget_means_none() -> None:
+    assert Settings.from_env({"KLING_MCP_TOTAL_DAILY_SECONDS": "0"}).total_daily_seconds is None
 
 
 def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
@@ -86,6 +92,16 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
             None,
         ),
         ({"KLING_MCP_MODE": "live"}, "KLING_MCP_MODE=live needs PIXAZO_API_KEY.", None),
+        (
+            {"KLING_MCP_AUTH_TOKEN": "ann=tok1,ann=tok2"},
+            "KLING_MCP_AUTH_TOKEN names the owner 'ann' more than once.",
+            None,
+        ),
+        (
+            {"KLING_MCP_AUTH_TOKEN": "local=tok1"},
+            "KLING_MCP_AUTH_TOKEN may not name the owner 'local': it is the local (stdio) user.",
+            None,
+        ),
         *(
             (
                 {"PIXAZO_STATUS_PATH": path},
@@ -103,3 +119,14 @@ def test_a_bad_value_is_refused_naming_its_variable(env: dict[str, str], message
     assert caught.value.message == message
     if hint is not None:
         assert caught.value.hint == hint
+
+
+def test_token_entries_name_their_owner_and_a_bare_token_gets_a_name_that_is_not_the_token() -> None:
+    pairs = token_owners(("alice=s3cret", "bare-token", "dG9rZW4=", "YWI==", "bad name=x"))
+    assert pairs[0] == ("alice", "s3cret")
+    assert pairs[1] == (token_owner_name("bare-token"), "bare-token")
+    assert pairs[1][0].startswith("token-")
+    assert "bare-token" not in pairs[1][0]
+    # base64 padding and text that is no name leave the entry a bare token
+    assert [token for _, token in pairs[2:]] == ["dG9rZW4=", "YWI==", "bad name=x"]
+    assert token_owners(("bare-token",)) == (pairs[1],)  # stable across restarts

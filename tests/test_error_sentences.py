@@ -62,7 +62,6 @@ CALLS: list[tuple[str, dict[str, Any], str, str]] = [
     ("animate_image", {"image_url": png_uri(400, 200)}, "image_url", "at least 300 px"),
     ("animate_image", {"image_url": png_uri(1000, 300)}, "image_url", "aspect ratio between 1:2.5 and 2.5:1"),
     ("animate_image", {"image_url": "frame.png"}, "image_url", "absolute file path"),
-    ("animate_image", {"image_url": OK_IMAGE, "prompt": ""}, "prompt", "1-3072 characters"),
     ("animate_image", {"image_url": OK_IMAGE, "duration": 99}, "duration", "from 3 to 15"),
     ("storyboard", {"shots": []}, "shots", "1-6 items"),
     ("storyboard", {"shots": [SHOT] * 7}, "shots", "1-6 items"),

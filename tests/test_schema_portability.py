@@ -213,6 +213,31 @@ async def test_a_null_for_an_optional_field_means_absent(settings: Settings, san
     assert len(listed.structured_content["jobs"]) == 2
 
 
+def test_blank_texts_for_optional_fields_are_dropped_and_required_ones_kept() -> None:
+    schema = {"type": "object", "required": ["a"], "properties": {"a": {}, "b": {}, "c": {}, "d": {}}}
+    assert drop_null_optionals(schema, {"a": "", "b": "", "c": "  ", "d": "x"}) == {"a": "", "d": "x"}
+
+
+async def test_blank_optional_texts_from_strict_mode_models_mean_absent(settings: Settings, sandbox: Any) -> None:
+    """A model in strict mode fills every field, sending "" for the optional texts it means to leave out."""
+    blank_key = {"idempotency_key": "", "wait_seconds": 0}
+    with anyio.fail_after(30):
+        async with Client(build_server(settings)) as client:
+            one = await client.call_tool("generate_video", {"prompt": "a lighthouse", **blank_key})
+            two = await client.call_tool("generate_video", {"prompt": "a harbour", **blank_key})
+            story = await client.call_tool("storyboard", {"shots": [{"prompt": "a"}], "image_url": "", **blank_key})
+            ids = [r.structured_content["request_id"] for r in (one, two) if r.structured_content]
+            done = [await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 20}) for rid in ids]
+            film = await client.call_tool("concat_videos", {"request_ids": ids, "title": " "})
+    for result in (one, two, story, *done, film):
+        assert not result.is_error, _text(result)
+    assert len(set(ids)) == 2  # "" is no key: two requests, two jobs
+    assert story.structured_content is not None
+    assert story.structured_content["params"]["endpoint"] == "text_to_video"
+    assert film.structured_content is not None
+    assert film.structured_content["path"].rsplit("/", 1)[-1].startswith("film-")  # the name made without a title
+
+
 async def test_a_null_for_a_required_field_is_still_explained(settings: Settings, sandbox: Any) -> None:
     with anyio.fail_after(20):
         async with Client(build_server(settings)) as client:

@@ -97,9 +97,10 @@ def expected_valid(tool: str, args: dict[str, Any]) -> bool:
         "animate_image": {"image_url", "prompt", "duration", "aspect_ratio"},
         "storyboard": {"shots", "aspect_ratio", "image_url"},
     }[tool]
-    # A null for a field that may be left out means it was left out: clients send null for "not set".
+    # A null (or a blank text) for a field that may be left out means it was left out: clients send null for "not
+    # set", and models in strict mode "".
     main = {"generate_video": "prompt", "animate_image": "image_url", "storyboard": "shots"}[tool]
-    args = {k: v for k, v in args.items() if v is not None or k == main}
+    args = {k: v for k, v in args.items() if not (v is None or (isinstance(v, str) and not v.strip())) or k == main}
     if "aspect_ratio" in args and args["aspect_ratio"] not in ASPECTS:
         return False
     if "duration" in args and not valid_duration(args["duration"]):

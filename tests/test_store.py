@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from kling_mcp import store as store_module
-from kling_mcp.errors import JobNotFoundError, SpendLimitError
+from kling_mcp.errors import InvalidInputError, JobNotFoundError, SpendLimitError
 from kling_mcp.models import Column, Job
 from kling_mcp.pixazo import GenerationRequest
 from kling_mcp.store import Guards, JobUpdate, Store
@@ -33,9 +33,21 @@ class Clock:
 async def test_the_same_idempotency_key_returns_the_same_job(tmp_path: Path) -> None:
     store = Store(tmp_path / "l.db")
     first, created = await store.create(req(), mode="sandbox", idempotency_key="k1")
-    again, created_again = await store.create(req("something else"), mode="sandbox", idempotency_key="k1")
+    again, created_again = await store.create(req(), mode="sandbox", idempotency_key="k1")
     assert (created, created_again) == (True, False)
     assert again.job_id == first.job_id
+
+
+async def test_an_idempotency_key_reused_for_a_different_request_is_refused_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "l.db")
+    first, _ = await store.create(req(), mode="sandbox", idempotency_key="k1")
+    with pytest.raises(InvalidInputError) as refused:
+        await store.create(req("something else"), mode="sandbox", idempotency_key="k1")
+    assert refused.value.field == "idempotency_key"
+    assert first.job_id in str(refused.value)
+    assert [j.job_id for j in await store.recent()] == [first.job_id]
 
 
 async def test_identical_requests_inside_the_window_share_a_job_unless_forced(tmp_path: Path) -> None:
@@ -227,9 +239,15 @@ def user_version(path: Path) -> int:
 
 
 async def test_the_schema_derived_from_the_job_model_is_the_released_one(tmp_path: Path) -> None:
-    Store(tmp_path / "new.db").close()
+    conn = sqlite3.connect(tmp_path / "v1.db")
+    for statement in store_module.migration(1):
+        conn.execute(statement)
+    conn.close()
     old_ledger(tmp_path / "old.db")
-    assert shape(tmp_path / "new.db") == shape(tmp_path / "old.db")
+    assert shape(tmp_path / "v1.db") == shape(tmp_path / "old.db")  # version 1 is what was released
+    Store(tmp_path / "new.db").close()
+    Store(tmp_path / "old.db").close()
+    assert shape(tmp_path / "new.db") == shape(tmp_path / "old.db")  # the migrations reach what a new ledger is
     assert user_version(tmp_path / "new.db") == store_module.SCHEMA_VERSION
 
 
@@ -253,14 +271,15 @@ async def test_a_new_schema_version_adds_its_columns_to_an_existing_ledger(
     Store(tmp_path / "l.db").close()
     first, _ = await (store := Store(tmp_path / "l.db")).create(req(), mode="sandbox")
     store.close()
-    later = store_module._Stored("note", Column("TEXT NOT NULL DEFAULT ''", since=2), None)
+    version = store_module.SCHEMA_VERSION + 1
+    later = store_module._Stored("note", Column("TEXT NOT NULL DEFAULT ''", since=version), None)
     monkeypatch.setattr(store_module, "_COLUMNS", (*store_module._COLUMNS, later))
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", version)
     migrated = Store(tmp_path / "l.db")
     assert (await migrated.get(first.job_id)).job_id == first.job_id
     migrated.close()
     Store(tmp_path / "l.db").close()  # at the current version, opening changes nothing
-    assert user_version(tmp_path / "l.db") == 2
+    assert user_version(tmp_path / "l.db") == version
     conn = sqlite3.connect(tmp_path / "l.db")
     assert conn.execute("SELECT note FROM jobs").fetchall() == [("",)]
     conn.close()

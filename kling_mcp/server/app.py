@@ -13,14 +13,13 @@ import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.types import CallToolResult, InputRequiredResult
 from pydantic import ValidationError
 
 from kling_mcp import __version__, limits
 from kling_mcp.config import Settings
 from kling_mcp.server.http import auth_options, register_routes
-from kling_mcp.server.notify import Notifier
+from kling_mcp.server.notify import Notifier, OwnerBus
 from kling_mcp.server.protocol import LegacyMethods, register_completion
 from kling_mcp.server.resources import register_resources
 from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
@@ -73,7 +72,7 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
 
     ``transport`` replaces the network (an ASGI app in tests).
     """
-    bus = InMemorySubscriptionBus()
+    bus = OwnerBus()
     state_ref = StateRef()
 
     @asynccontextmanager

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kling_mcp import __version__
-from kling_mcp.config import WEBHOOK_PATH, Settings
+from kling_mcp.config import WEBHOOK_PATH, Settings, token_owners
 from kling_mcp.server.state import AppState, StateRef
 
 WEBHOOK_MAX_BYTES = 64 * 1024
@@ -24,10 +24,12 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class StaticTokenVerifier:
-    """Bearer tokens from KLING_MCP_AUTH_TOKEN, compared in constant time."""
+    """Bearer tokens from KLING_MCP_AUTH_TOKEN, compared in constant time; a token stands for its owner's name."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        self._tokens = tuple(t.encode() for t in tokens)
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        pairs = token_owners(entries)
+        self._owners = tuple(owner for owner, _ in pairs)
+        self._tokens = tuple(token.encode() for _, token in pairs)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         given = token.encode()
@@ -35,7 +37,8 @@ class StaticTokenVerifier:
         matched = [hmac.compare_digest(given, known) for known in self._tokens]
         if not any(matched):
             return None
-        return AccessToken(token="redacted", client_id=f"token-{matched.index(True) + 1}", scopes=[])
+        owner = self._owners[matched.index(True)]
+        return AccessToken(token="redacted", client_id=owner, subject=owner, scopes=[])
 
 
 def auth_options(settings: Settings) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mcp.types import (
     UnsubscribeRequestParams,
 )
 
+from kling_mcp.server.owners import owner_of
 from kling_mcp.server.state import AppState, StateRef
 
 COMPLETION_MAX = 100
@@ -49,7 +50,7 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def _subscriptions(ctx: ServerRequestContext[AppState, Any]) -> set[str]:
-    return ctx.lifespan_context.notifier.remember(ctx.session)
+    return ctx.lifespan_context.notifier.remember(ctx.session, owner_of(ctx))
 
 
 def _subscribe(ctx: ServerRequestContext[AppState, Any]) -> None:
@@ -91,7 +92,7 @@ class LegacyMethods:
 
 
 def register_completion(server: MCPServer[AppState], state_ref: StateRef) -> None:
-    """Completes ``request_id`` arguments with the ids of recent jobs."""
+    """Completes ``request_id`` arguments with the ids of the caller's recent jobs."""
 
     @server.completion()  # type: ignore[no-untyped-call,untyped-decorator]  # the SDK leaves it unannotated
     async def complete(
@@ -101,6 +102,8 @@ def register_completion(server: MCPServer[AppState], state_ref: StateRef) -> Non
     ) -> Completion:
         values: list[str] = []
         if argument.name == "request_id":
-            jobs = await (await state_ref.runtime()).store.recent(limit=COMPLETION_SCAN)
+            # The completion handler gets no request context: the owner comes from the request's auth context.
+            runtime = await state_ref.runtime()
+            jobs = await runtime.store.recent(owner=owner_of(), limit=COMPLETION_SCAN)
             values = [j.id for j in jobs if j.id.startswith(argument.value)][:COMPLETION_MAX]
         return Completion(values=values, total=len(values), has_more=False)

@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from kling_mcp.errors import KlingError
 from kling_mcp.models import Job
 from kling_mcp.previews import MediaWorker, local_video
+from kling_mcp.server.owners import owner_of
 from kling_mcp.server.results import job_result
 from kling_mcp.server.state import AppState, StateRef, runtime_of
 from kling_mcp.server.uris import JOB_URI_PREFIX, JOBS_URI
@@ -48,20 +49,21 @@ FRAME_RESOURCES: tuple[tuple[str, str, str, str, Callable[[MediaWorker, Job], Aw
 )
 
 
-async def _job(runtime: "Runtime", request_id: str) -> Job:
+async def _job(runtime: "Runtime", request_id: str, ctx: Context[AppState]) -> Job:
+    """The caller's job; another owner's is not found, in the words of a missing one."""
     try:
-        return await runtime.engine.get(request_id)
+        return await runtime.engine.get(request_id, owner=owner_of(ctx))
     except KlingError as exc:
         raise ResourceNotFoundError(str(exc)) from None
 
 
 async def chain_of(runtime: "Runtime", job: Job) -> list[str]:
-    """Ids from the first clip of an extend_video chain to this one."""
+    """Ids from the first clip of an extend_video chain to this one (the owner's clips only)."""
     chain = [job.id]
     current = job
     while current.parent_id and len(chain) < CHAIN_MAX:
         try:
-            current = await runtime.store.get(current.parent_id)
+            current = await runtime.store.get(current.parent_id, owner=job.owner)
         except KlingError:
             break
         chain.insert(0, current.id)
@@ -70,7 +72,7 @@ async def chain_of(runtime: "Runtime", job: Job) -> list[str]:
 
 async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
     runtime = await runtime_of(ctx)
-    job = await _job(runtime, request_id)
+    job = await _job(runtime, request_id, ctx)
     data = job_result(job, runtime=runtime).model_dump(mode="json")
     data["chain"] = await chain_of(runtime, job)
     return json.dumps(data, indent=2)
@@ -78,7 +80,7 @@ async def job_resource(request_id: str, ctx: Context[AppState]) -> str:
 
 async def video_resource(request_id: str, ctx: Context[AppState]) -> bytes:
     runtime = await runtime_of(ctx)
-    job = await _job(runtime, request_id)
+    job = await _job(runtime, request_id, ctx)
     try:
         path = local_video(job)
     except KlingError as exc:
@@ -97,7 +99,7 @@ def _frame_resource(
 ) -> Callable[[str, Context[AppState]], Awaitable[bytes]]:
     async def read(request_id: str, ctx: Context[AppState]) -> bytes:
         runtime = await runtime_of(ctx)
-        job = await _job(runtime, request_id)
+        job = await _job(runtime, request_id, ctx)
         try:
             return await anyio.Path(await make(runtime.media, job)).read_bytes()
         except KlingError as exc:
@@ -132,7 +134,7 @@ def register_resources(server: MCPServer[AppState], state_ref: StateRef) -> None
 
     async def jobs_resource() -> str:
         runtime = await state_ref.runtime()
-        jobs = await runtime.store.recent(limit=50)
+        jobs = await runtime.store.recent(owner=owner_of(), limit=50)  # a static resource gets no request context
         return json.dumps([job_result(j, runtime=runtime).model_dump(mode="json") for j in jobs], indent=2)
 
     server.resource(

@@ -91,11 +91,17 @@ def shape_tool(tool: Tool) -> Tool:
     return tool
 
 
+def _absent(item: Any) -> bool:
+    return item is None or (isinstance(item, str) and not item.strip())
+
+
 def drop_null_optionals(schema: dict[str, Any], value: Any) -> Any:
-    """``value`` without the nulls given for fields ``schema`` does not require, at any depth: they mean "absent".
+    """``value`` without the nulls and blank texts given for fields ``schema`` does not require, at any depth: they
+    mean "absent".
 
     The listed schemas no longer say an optional field may be null, but clients that send null for "not set" exist,
-    and a field with a default would otherwise reject it.
+    and a field with a default would otherwise reject it. Models in strict mode must fill every field, and send ""
+    for the optional texts they mean to leave out.
     """
     props = schema.get("properties")
     if isinstance(value, dict) and isinstance(props, dict):
@@ -103,7 +109,7 @@ def drop_null_optionals(schema: dict[str, Any], value: Any) -> Any:
         return {
             key: drop_null_optionals(props.get(key, {}), item)
             for key, item in value.items()
-            if item is not None or key in required
+            if not _absent(item) or key in required
         }
     items = schema.get("items")
     if isinstance(value, list) and isinstance(items, dict):

@@ -21,6 +21,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from kling_mcp.config import Settings
 from kling_mcp.server.notify import Notifier
+from kling_mcp.server.owners import owner_of
 
 if TYPE_CHECKING:
     from kling_mcp.runtime import Runtime
@@ -109,5 +110,5 @@ class StateRef:
 async def runtime_of(ctx: Context[AppState]) -> Runtime:
     """The core, for a handler; remembers a legacy caller's session so it can be notified later."""
     state = ctx.request_context.lifespan_context
-    state.notifier.remember(ctx.session)
+    state.notifier.remember(ctx.session, owner_of(ctx))
     return await state.runtime()

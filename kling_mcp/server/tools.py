@@ -6,6 +6,7 @@ server makes come from the same constants.
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, Resolve
@@ -19,6 +20,7 @@ from kling_mcp.images import resolve_image
 from kling_mcp.models import GenerationRequest, Job, JobStatus
 from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
+from kling_mcp.server.owners import owner_of
 from kling_mcp.server.results import (
     WAIT_SECONDS_MAX,
     FilmOut,
@@ -58,7 +60,8 @@ OptionalPrompt = Annotated[
 ConfirmDuration = Annotated[Confirmed, Resolve(confirm_duration)]
 ConfirmShots = Annotated[Confirmed, Resolve(confirm_shots)]
 
-RequestFactory = Callable[["Runtime"], Awaitable[GenerationRequest]]
+# Builds the request for the runtime and the caller's owner name (whose jobs an image reference may name).
+RequestFactory = Callable[["Runtime", str], Awaitable[GenerationRequest]]
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,15 @@ def _with_inline_image_advice(job: Job, request: GenerationRequest) -> Job:
 async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Generation) -> CallToolResult:
     """Submits (or finds the existing job for) a request, waits up to the call's budget, returns the job."""
     runtime = await runtime_of(ctx)
+    owner = owner_of(ctx)
     if declined(how.confirmed):
         raise ToolError("Not submitted: the user declined the spend confirmation. Nothing was charged.")
     wait = wait_budget(how.wait_seconds, runtime.settings)
     try:
-        request = await build(runtime)
+        request = await build(runtime, owner)
         submitted: Submitted = await runtime.engine.submit(
             request,
+            owner=owner,
             idempotency_key=how.idempotency_key,
             force_new=how.force_new,
             parent_id=how.parent.id if how.parent else None,
@@ -138,17 +143,18 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
     return await tool_result(job, runtime=runtime, reused=submitted.reused)
 
 
-async def _image(runtime: "Runtime", ref: str) -> str:
-    """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client."""
-    resolved = await resolve_image(
-        ref, http=runtime.http, video_for_job=runtime.video_for_job, limiter=runtime.media.limiter
-    )
+async def _image(runtime: "Runtime", ref: str, owner: str) -> str:
+    """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client, and a
+    job's frame only from the owner's own jobs."""
+    video_for_job = partial(runtime.video_for_job, owner=owner)
+    resolved = await resolve_image(ref, http=runtime.http, video_for_job=video_for_job, limiter=runtime.media.limiter)
     return resolved.url
 
 
-async def _get_job(runtime: "Runtime", request_id: str) -> Job:
+async def _get_job(runtime: "Runtime", request_id: str, owner: str) -> Job:
+    """The owner's job; another owner's is "not found" in exactly the words of a missing one."""
     try:
-        return await runtime.engine.get(request_id.strip())
+        return await runtime.engine.get(request_id.strip(), owner=owner)
     except KlingError as exc:
         raise ToolError(error_text(exc)) from None
 
@@ -165,7 +171,7 @@ async def generate_video(
 ) -> Annotated[CallToolResult, JobOut]:
     """Text to video (Kling 3 Turbo Pro). If not done within wait_seconds, returns the running job: follow `next`."""
 
-    async def build(_: "Runtime") -> GenerationRequest:  # built inside run_generation, where a limit is explained
+    async def build(*_: object) -> GenerationRequest:  # built inside run_generation, where a limit is explained
         return GenerationRequest(endpoint="text_to_video", prompt=prompt, duration=duration, aspect_ratio=aspect_ratio)
 
     return await run_generation(ctx, build, Generation(wait_seconds, idempotency_key, force_new, confirmed))
@@ -184,8 +190,8 @@ async def animate_image(
 ) -> Annotated[CallToolResult, JobOut]:
     """Image to video: the image is the first frame, the prompt says what happens next."""
 
-    async def build(runtime: "Runtime") -> GenerationRequest:
-        image = await _image(runtime, image_url)
+    async def build(runtime: "Runtime", owner: str) -> GenerationRequest:
+        image = await _image(runtime, image_url, owner)
         return GenerationRequest(
             endpoint="image_to_video", prompt=prompt, image_url=image, duration=duration, aspect_ratio=aspect_ratio
         )
@@ -205,11 +211,11 @@ async def storyboard(
 ) -> Annotated[CallToolResult, JobOut]:
     """One clip of several shots in order (multi-shot). With image_url it starts from that frame."""
 
-    async def build(runtime: "Runtime") -> GenerationRequest:
+    async def build(runtime: "Runtime", owner: str) -> GenerationRequest:
         return GenerationRequest(
             endpoint="image_to_video" if image_url else "text_to_video",
             shots=tuple(shots),
-            image_url=await _image(runtime, image_url) if image_url else None,
+            image_url=await _image(runtime, image_url, owner) if image_url else None,
             aspect_ratio=aspect_ratio,
         )
 
@@ -227,14 +233,14 @@ async def extend_video(
     confirmed: ConfirmDuration = None,  # type: ignore[assignment]
 ) -> Annotated[CallToolResult, JobOut]:
     """Next clip from the last frame of a finished job, so the motion continues; same aspect ratio."""
-    parent = await _get_job(await runtime_of(ctx), request_id)
+    parent = await _get_job(await runtime_of(ctx), request_id, owner_of(ctx))
     try:
         local_video(parent)
     except KlingError as exc:
         raise ToolError(error_text(exc)) from None
 
-    async def build(runtime: "Runtime") -> GenerationRequest:
-        image = await _image(runtime, job_uri(parent.id, "last-frame"))
+    async def build(runtime: "Runtime", owner: str) -> GenerationRequest:
+        image = await _image(runtime, job_uri(parent.id, "last-frame"), owner)
         return GenerationRequest(
             endpoint="image_to_video",
             prompt=prompt,
@@ -256,7 +262,8 @@ async def concat_videos(
 ) -> Annotated[CallToolResult, FilmOut]:
     """Joins finished clips in order into one local MP4. Free: no gateway request."""
     runtime = await runtime_of(ctx)
-    jobs = [await _get_job(runtime, rid) for rid in request_ids]
+    owner = owner_of(ctx)
+    jobs = [await _get_job(runtime, rid, owner) for rid in request_ids]
     try:
         film = await concat_jobs(runtime.media, jobs, runtime.settings.resolved_output_dir, title)
     except KlingError as exc:
@@ -284,7 +291,7 @@ async def check_status(
 ) -> Annotated[CallToolResult, JobOut]:
     """A job's state, waiting up to wait_seconds for it to finish."""
     runtime = await runtime_of(ctx)
-    job = await _get_job(runtime, request_id)
+    job = await _get_job(runtime, request_id, owner_of(ctx))
     wait = wait_budget(wait_seconds, runtime.settings)
     if wait > 0 and not job.settled:
         job = await _wait_with_progress(ctx, job, wait)
@@ -298,7 +305,7 @@ async def list_jobs(
 ) -> JobList:
     """Jobs in the ledger, newest first, across server restarts."""
     runtime = await runtime_of(ctx)
-    jobs = await runtime.store.recent(statuses=[status] if status else None, limit=limit)
+    jobs = await runtime.store.recent(owner=owner_of(ctx), statuses=[status] if status else None, limit=limit)
     return JobList(jobs=[job_out(j, runtime=runtime) for j in jobs])
 
 
