@@ -34,7 +34,7 @@ from starlette.routing import Route
 from kling_mcp.config import Settings
 from kling_mcp.sandbox.server import serve_asgi
 from kling_mcp.server.http import auth_options
-from kling_mcp.server.oauth import FirstMatch, IssuerKeys, JwtVerifier, discovery_urls
+from kling_mcp.server.oauth import FirstMatch, IssuerKeys, JwtVerifier, discovery_urls, usable_keys
 from tests.test_http_security import mcp_client, serve
 
 pytestmark = pytest.mark.anyio
@@ -235,10 +235,17 @@ def refused_tokens(issuer: str) -> dict[str, str]:
     }
 
 
-async def test_every_bad_token_is_refused_and_a_good_one_accepted(issuer: Issuer) -> None:
+async def test_every_bad_token_is_refused_and_a_good_one_accepted(
+    issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
     verifier = verifier_for(issuer)
-    results = {reason: await verifier.verify_token(token) for reason, token in refused_tokens(issuer.url).items()}
+    tokens = refused_tokens(issuer.url)
+    with caplog.at_level(logging.INFO, logger="kling_mcp.server.oauth"):
+        results = {reason: await verifier.verify_token(token) for reason, token in tokens.items()}
     assert {reason: found for reason, found in results.items() if found is not None} == {}
+    assert "OAuth access token refused: Signature has expired" in caplog.text
+    pieces = {reason: [token, *token.split(".")[1:]] for reason, token in tokens.items()}
+    assert [reason for reason, parts in pieces.items() if any(part and part in caplog.text for part in parts)] == []
     assert await verifier.verify_token(mint(rsa_key("rsa-1"), claims_for(issuer.url))) is not None
 
 
@@ -256,6 +263,34 @@ async def test_a_symmetric_key_in_the_jwks_is_never_used(issuer: Issuer) -> None
     issuer.keys.append(oct_key)
     token = jwt.encode(claims_for(issuer.url), secret, algorithm="HS256", headers={"kid": "oct-1"})
     assert await verifier_for(issuer).verify_token(token) is None
+
+
+async def test_a_token_without_a_kid_uses_the_only_key_of_its_type(issuer: Issuer) -> None:
+    verifier = verifier_for(issuer)
+    rsa_token = jwt.encode(claims_for(issuer.url), rsa_key("rsa-1").private, algorithm="RS256")
+    ec_token = jwt.encode(claims_for(issuer.url), ec_key("ec-1").private, algorithm="ES256")
+    assert await verifier.verify_token(rsa_token) is not None
+    assert await verifier.verify_token(ec_token) is not None
+    issuer.keys.append(rsa_key("rsa-2"))
+    ambiguous = verifier_for(issuer)
+    assert await ambiguous.verify_token(rsa_token) is None  # two RSA keys: no guessing
+    assert await ambiguous.verify_token(ec_token) is not None
+
+
+def test_only_asymmetric_signing_keys_are_kept_from_the_jwks() -> None:
+    rsa_jwk, ec_jwk = rsa_key("rsa-1").jwk, ec_key("ec-1").jwk
+    document = {
+        "keys": [
+            {"kty": "oct", "kid": "oct-1", "k": b64(b"x" * 32)},
+            {**rsa_jwk, "kid": "enc-1", "use": "enc"},
+            {**rsa_jwk, "kid": "hs-labelled", "alg": "HS256"},
+            {"kty": "RSA", "kid": "broken", "n": "AQAB"},
+            "not a key",
+            rsa_jwk,
+            ec_jwk,
+        ]
+    }
+    assert usable_keys(document) == [rsa_jwk, ec_jwk]
 
 
 # --- keys: discovery, caching, refresh --------------------------------------------------------------------------
@@ -328,6 +363,21 @@ async def test_an_issuer_that_is_down_refuses_tokens_until_it_is_back(
     assert await verifier.verify_token(token) is None  # not retried at once
     clock.now += 30
     assert await verifier.verify_token(token) is not None
+
+
+async def test_known_keys_keep_working_while_the_issuer_is_down(issuer: Issuer) -> None:
+    clock = Clock()
+    verifier = verifier_for(issuer, clock)
+    token = mint(rsa_key("rsa-1"), claims_for(issuer.url))
+    assert await verifier.verify_token(token) is not None
+    issuer.up = False
+    clock.now += 600  # the TTL is over, but the refresh fails
+    assert await verifier.verify_token(token) is not None
+    assert await verifier.verify_token(token) is not None
+    assert issuer.jwks_fetches == 2  # one failed attempt, not one per token
+    clock.now += 30
+    assert await verifier.verify_token(token) is not None
+    assert issuer.jwks_fetches == 2  # the failed fetch forgot the jwks_uri: discovery is tried again, and fails
 
 
 @pytest.mark.parametrize(
