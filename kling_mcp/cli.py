@@ -88,10 +88,12 @@ def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> i
         sys.stderr.write(f"kling-mcp: {exc}\n")
         return 2
     log_to_stderr(settings.log_level)
-    if transport == "http" and host not in LOOPBACK_HOSTS and not settings.auth_tokens and not insecure:
+    authenticated = settings.auth_tokens or settings.oauth_issuer
+    if transport == "http" and host not in LOOPBACK_HOSTS and not authenticated and not insecure:
         sys.stderr.write(
             f"kling-mcp: refusing to serve HTTP on {host} without KLING_MCP_AUTH_TOKEN: anyone who can reach it "
-            "could spend your credits. Set KLING_MCP_AUTH_TOKEN, or pass --insecure-no-auth.\n"
+            "could spend your credits. Set KLING_MCP_AUTH_TOKEN (or KLING_MCP_OAUTH_ISSUER), or pass "
+            "--insecure-no-auth.\n"
         )
         return 2
     server = build_server(settings)

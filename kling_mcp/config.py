@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
+from urllib.parse import urlsplit
 
 from kling_mcp.errors import ConfigurationError
 from kling_mcp.models import LOCAL_OWNER, Mode
@@ -115,6 +116,26 @@ def _items(name: str, raw: str, default: object) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def secure_url(url: str) -> bool:
+    """An https URL, or plain http to this machine only: what signing keys may be fetched from."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return bool(parts.hostname) and (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+
+
+def _issuer(name: str, raw: str, default: object) -> str:
+    # Kept exactly as given (a trailing slash too): issuers are compared as strings with the tokens' `iss`.
+    if not secure_url(raw) or "?" in raw or "#" in raw:
+        raise ConfigurationError(
+            f"{name}={raw!r} must be an https:// URL with no query or fragment (http:// only on loopback).",
+            hint="Use the issuer your authorization server names in its tokens' iss claim.",
+        )
+    return raw
+
+
 def _path(name: str, raw: str, default: object) -> Path:
     return Path(raw).expanduser()
 
@@ -194,6 +215,10 @@ class Settings:
     # let downloads and image checks reach private addresses (sandbox, tests)
     allow_private_urls: bool = field(default=False, metadata=_env("KLING_MCP_ALLOW_PRIVATE_URLS", _flag))
     auth_tokens: tuple[str, ...] = field(default=(), repr=False, metadata=_env("KLING_MCP_AUTH_TOKEN", _items))
+    # an OAuth 2.1 / OpenID Connect issuer whose signed JWT access tokens are accepted besides the static tokens
+    oauth_issuer: str | None = field(default=None, metadata=_env("KLING_MCP_OAUTH_ISSUER", _issuer))
+    # the `aud` those tokens must carry; None: this server's MCP URL
+    oauth_audience: str | None = field(default=None, metadata=_env("KLING_MCP_OAUTH_AUDIENCE", _text))
     # where the gateway can reach this server: turns webhooks on
     public_url: str | None = field(default=None, metadata=_env("KLING_MCP_PUBLIC_URL", _url))
     webhook_poll_interval: float = field(default=60.0, metadata=_env("KLING_MCP_WEBHOOK_POLL_INTERVAL", _number(0.05)))
@@ -236,6 +261,13 @@ class Settings:
                 hint="Set PIXAZO_API_KEY to your Pixazo key, or use KLING_MCP_MODE=sandbox to try it offline.",
             )
         token_owners(self.auth_tokens)
+        if self.oauth_issuer and not (self.public_url or _is_http_url(self.oauth_audience)):
+            raise ConfigurationError(
+                "KLING_MCP_OAUTH_ISSUER needs the URL clients reach this server at, to check tokens' audience and "
+                "to publish it in the protected-resource metadata.",
+                hint="Set KLING_MCP_PUBLIC_URL (the MCP endpoint is its /mcp), or KLING_MCP_OAUTH_AUDIENCE to the "
+                "full MCP URL, e.g. https://video.example.com/mcp.",
+            )
         return self
 
     def with_(self, **changes: object) -> Settings:
@@ -282,6 +314,10 @@ def token_owners(entries: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             hint="Pick another name for that token.",
         )
     return tuple(pairs)
+
+
+def _is_http_url(text: str | None) -> bool:
+    return text is not None and urlsplit(text).scheme in ("http", "https") and bool(urlsplit(text).hostname)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

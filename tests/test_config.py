@@ -29,6 +29,8 @@ READS = {
     "KLING_MCP_CONFIRM_ABOVE_SECONDS": ("10", "confirm_above_seconds", 10),
     "KLING_MCP_ALLOW_PRIVATE_URLS": ("YES", "allow_private_urls", True),
     "KLING_MCP_AUTH_TOKEN": (" a, b ,,", "auth_tokens", ("a", "b")),
+    "KLING_MCP_OAUTH_ISSUER": ("https://id.test/", "oauth_issuer", "https://id.test/"),
+    "KLING_MCP_OAUTH_AUDIENCE": ("api://video", "oauth_audience", "api://video"),
     "KLING_MCP_PUBLIC_URL": ("https://me.test/", "public_url", "https://me.test"),
     "KLING_MCP_WEBHOOK_POLL_INTERVAL": ("5", "webhook_poll_interval", 5.0),
     "KLING_MCP_ALLOWED_HOSTS": ("h1,h2", "allowed_hosts", ("h1", "h2")),
@@ -42,6 +44,8 @@ READS = {
     "KLING_MCP_TOTAL_DAILY_SECONDS": ("60", "total_daily_seconds", 60),
     "KLING_MCP_RETENTION_DAYS": ("0", "retention_days", 0.0),
 }
+# What a variable needs beside it to be a valid configuration.
+ALONGSIDE = {"KLING_MCP_OAUTH_ISSUER": {"KLING_MCP_PUBLIC_URL": "https://me.test"}}
 
 
 def test_every_setting_read_from_the_environment_is_checked_here() -> None:
@@ -51,7 +55,7 @@ def test_every_setting_read_from_the_environment_is_checked_here() -> None:
 @pytest.mark.parametrize("name", sorted(READS))
 def test_each_variable_sets_its_field(name: str) -> None:
     raw, field, value = READS[name]
-    settings = Settings.from_env({name: raw})
+    settings = Settings.from_env({**ALONGSIDE.get(name, {}), name: raw})
     assert getattr(settings, field) == value
     assert getattr(Settings(), field) != value
     assert Settings.from_env({name: "  "}) == Settings()
@@ -101,6 +105,25 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
             {"KLING_MCP_AUTH_TOKEN": "local=tok1"},
             "KLING_MCP_AUTH_TOKEN may not name the owner 'local': it is the local (stdio) user.",
             None,
+        ),
+        *(
+            (
+                {"KLING_MCP_OAUTH_ISSUER": issuer},
+                f"KLING_MCP_OAUTH_ISSUER={issuer!r} must be an https:// URL with no query or fragment (http:// only "
+                "on loopback).",
+                "Use the issuer your authorization server names in its tokens' iss claim.",
+            )
+            for issuer in ("http://id.test", "id.test", "https://id.test/?x=1", "https://id.test/#a", "http://[::1")
+        ),
+        *(
+            (
+                {"KLING_MCP_OAUTH_ISSUER": "https://id.test", **alongside},
+                "KLING_MCP_OAUTH_ISSUER needs the URL clients reach this server at, to check tokens' audience and to "
+                "publish it in the protected-resource metadata.",
+                "Set KLING_MCP_PUBLIC_URL (the MCP endpoint is its /mcp), or KLING_MCP_OAUTH_AUDIENCE to the full MCP "
+                "URL, e.g. https://video.example.com/mcp.",
+            )
+            for alongside in ({}, {"KLING_MCP_OAUTH_AUDIENCE": "api://video"})
         ),
         *(
             (

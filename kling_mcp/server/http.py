@@ -7,16 +7,16 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import AnyHttpUrl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kling_mcp import __version__
 from kling_mcp.config import WEBHOOK_PATH, Settings, token_owners
+from kling_mcp.server.oauth import FirstMatch, jwt_verifier, resource_url
 from kling_mcp.server.state import AppState, StateRef
 
 WEBHOOK_MAX_BYTES = 64 * 1024
@@ -42,18 +42,27 @@ class StaticTokenVerifier:
 
 
 def auth_options(settings: Settings) -> dict[str, Any]:
-    """MCPServer's auth arguments: none, or bearer tokens checked by the SDK's verifier hook."""
-    if not settings.auth_tokens:
+    """MCPServer's auth arguments: none, or bearer tokens (static ones, then the issuer's JWTs) checked by the SDK."""
+    verifiers: list[TokenVerifier] = []
+    if settings.auth_tokens:
+        verifiers.append(StaticTokenVerifier(settings.auth_tokens))
+    if settings.oauth_issuer:
+        verifiers.append(jwt_verifier(settings))
+    if not verifiers:
         return {}
-    base = settings.public_url or "http://127.0.0.1"
-    return {
-        "token_verifier": StaticTokenVerifier(settings.auth_tokens),
-        "auth": AuthSettings(
-            issuer_url=AnyHttpUrl(base),
-            resource_server_url=AnyHttpUrl(base + "/mcp"),
-            validate_token_resource=False,
-        ),
-    }
+    if settings.oauth_issuer:
+        # RFC 9728 metadata at /.well-known/oauth-protected-resource/mcp sends clients to the issuer for tokens.
+        auth = AuthSettings(
+            issuer_url=settings.oauth_issuer,
+            resource_server_url=resource_url(settings),
+            validate_token_resource=False,  # JwtVerifier checks the audience itself
+        )
+    else:
+        # Static tokens come from no authorization server, so none is published: without resource_server_url the
+        # SDK serves no protected-resource metadata and its 401s name none. It still insists on an issuer_url,
+        # which it only uses in that metadata and in the routes of a full authorization server (not set up here).
+        auth = AuthSettings(issuer_url="http://127.0.0.1", resource_server_url=None)
+    return {"token_verifier": verifiers[0] if len(verifiers) == 1 else FirstMatch(verifiers), "auth": auth}
 
 
 def http_security(settings: Settings, host: str) -> TransportSecuritySettings:
