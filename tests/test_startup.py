@@ -56,5 +56,5 @@ def test_answering_the_handshake_needs_none_of_the_cores_engine_modules() -> Non
         "kling_mcp.sandbox",
         "sqlite3",
     }
-    heavy |= {"av", "PIL"}  # (uvicorn is the SDK's own import)
+    heavy |= {"av", "PIL", "jwt"}  # (uvicorn and cryptography are the SDK's own imports)
     assert loaded & heavy == set()

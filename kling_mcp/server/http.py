@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 
 from kling_mcp import __version__
 from kling_mcp.config import WEBHOOK_PATH, Settings, token_owners
-from kling_mcp.server.oauth import FirstMatch, jwt_verifier, resource_url
 from kling_mcp.server.state import AppState, StateRef
 
 WEBHOOK_MAX_BYTES = 64 * 1024
@@ -43,25 +42,27 @@ class StaticTokenVerifier:
 
 def auth_options(settings: Settings) -> dict[str, Any]:
     """MCPServer's auth arguments: none, or bearer tokens (static ones, then the issuer's JWTs) checked by the SDK."""
-    verifiers: list[TokenVerifier] = []
-    if settings.auth_tokens:
-        verifiers.append(StaticTokenVerifier(settings.auth_tokens))
-    if settings.oauth_issuer:
-        verifiers.append(jwt_verifier(settings))
-    if not verifiers:
-        return {}
-    if settings.oauth_issuer:
-        # RFC 9728 metadata at /.well-known/oauth-protected-resource/mcp sends clients to the issuer for tokens.
-        auth = AuthSettings(
-            issuer_url=settings.oauth_issuer,
-            resource_server_url=resource_url(settings),
-            validate_token_resource=False,  # JwtVerifier checks the audience itself
-        )
-    else:
+    verifiers: list[TokenVerifier] = [StaticTokenVerifier(settings.auth_tokens)] if settings.auth_tokens else []
+    if not settings.oauth_issuer:
+        if not verifiers:
+            return {}
         # Static tokens come from no authorization server, so none is published: without resource_server_url the
         # SDK serves no protected-resource metadata and its 401s name none. It still insists on an issuer_url,
         # which it only uses in that metadata and in the routes of a full authorization server (not set up here).
-        auth = AuthSettings(issuer_url="http://127.0.0.1", resource_server_url=None)
+        return {
+            "token_verifier": verifiers[0],
+            "auth": AuthSettings(issuer_url="http://127.0.0.1", resource_server_url=None),
+        }
+    # Loaded only with an issuer: PyJWT and cryptography would be most of the server's start.
+    from kling_mcp.server.oauth import FirstMatch, jwt_verifier, resource_url
+
+    verifiers.append(jwt_verifier(settings))
+    # RFC 9728 metadata at /.well-known/oauth-protected-resource/mcp sends clients to the issuer for tokens.
+    auth = AuthSettings(
+        issuer_url=settings.oauth_issuer,
+        resource_server_url=resource_url(settings),
+        validate_token_resource=False,  # JwtVerifier checks the audience itself
+    )
     return {"token_verifier": verifiers[0] if len(verifiers) == 1 else FirstMatch(verifiers), "auth": auth}
 
 
