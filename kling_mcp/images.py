@@ -23,7 +23,7 @@ import anyio
 import httpx2
 
 from kling_mcp import limits
-from kling_mcp.errors import InvalidInputError, KlingError, MediaError
+from kling_mcp.errors import InvalidInputError, KlingError, Measured, MediaError
 
 LAST_FRAME_REF = re.compile(r"^kling://jobs/(?P<id>[^/]+)/last-frame(?:\.png)?$")
 _DATA_URI = re.compile(r"^data:(?P<mime>image/[a-z0-9.+-]+)?(?P<b64>;base64)?,(?P<data>.*)$", re.IGNORECASE | re.DOTALL)
@@ -166,7 +166,7 @@ def _read_local(field: str, path: Path) -> bytes:
         return _read_regular(path, field)
     except _NotRegular as exc:
         raise InvalidInputError(
-            field, "a regular image file", f"{path} is {exc.kind}", "give the path of a PNG or JPEG file"
+            field, "a regular image file", Measured(exc.kind), f"give the path of a PNG or JPEG file, not {path}"
         ) from None
     except OSError as exc:
         raise InvalidInputError(field, "a readable image file", str(path), f"check the path ({exc.strerror})") from None
