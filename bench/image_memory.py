@@ -129,7 +129,7 @@ def main() -> int:
         )
         try:
             assert proc.stdin is not None
-    assert proc.stdout is not None
+            assert proc.stdout is not None
             send(
                 proc.stdin,
                 {
