@@ -96,7 +96,8 @@ def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> i
             "--insecure-no-auth.\n"
         )
         return 2
-    server = build_server(settings)
+    # The one place that knows who the callers are: over HTTP they are other people, not this machine's user.
+    server = build_server(settings.with_(remote_callers=transport == "http"))
     if transport == "http":
         server.run(
             "streamable-http",

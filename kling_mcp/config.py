@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -140,6 +141,15 @@ def _path(name: str, raw: str, default: object) -> Path:
     return Path(raw).expanduser()
 
 
+def _folders(name: str, raw: str, default: object) -> tuple[Path, ...]:
+    """Absolute folders, separated by the platform's path separator (as in PATH) or by commas."""
+    folders = tuple(Path(part.strip()).expanduser() for part in re.split(f"[,{re.escape(os.pathsep)}]", raw))
+    relative = [str(folder) for folder in folders if str(folder) != "." and not folder.is_absolute()]
+    if relative:
+        raise ConfigurationError(f"{name} must list absolute folders; {relative[0]!r} is not.", hint="Use full paths.")
+    return tuple(folder for folder in folders if str(folder) != ".")
+
+
 def _size(name: str, raw: str, default: object) -> tuple[int, int]:
     return _parse_size(raw)
 
@@ -219,6 +229,10 @@ class Settings:
     oauth_issuer: str | None = field(default=None, metadata=_env("KLING_MCP_OAUTH_ISSUER", _issuer))
     # the `aud` those tokens must carry; None: this server's MCP URL
     oauth_audience: str | None = field(default=None, metadata=_env("KLING_MCP_OAUTH_AUDIENCE", _text))
+    # folders whose images HTTP clients may name by local path; over stdio every local path works
+    image_roots: tuple[Path, ...] = field(default=(), metadata=_env("KLING_MCP_IMAGE_ROOTS", _folders))
+    # set by `serve`, not the environment: HTTP clients are other people, so local paths are theirs only in image_roots
+    remote_callers: bool = False
     # where the gateway can reach this server: turns webhooks on
     public_url: str | None = field(default=None, metadata=_env("KLING_MCP_PUBLIC_URL", _url))
     webhook_poll_interval: float = field(default=60.0, metadata=_env("KLING_MCP_WEBHOOK_POLL_INTERVAL", _number(0.05)))

@@ -1,7 +1,9 @@
 """File names the server makes: safe names from ids and titles, and the temporary files behind atomic writes.
 
 Every file written in place of another is first written to :func:`temp_path` and renamed over the destination,
-so a reader never sees half a file; :func:`stale_temps` finds what a killed writer left behind.
+so a reader never sees half a file; :func:`stale_temps` finds what a killed writer left behind. Files a user keeps
+(downloaded videos, joined films) are never written in place of another: :func:`publish_new` links the finished
+temporary file under a name nobody has taken.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["replacing", "safe_component", "safe_name", "stale_temps", "temp_path"]
+__all__ = ["Created", "creating", "publish_new", "replacing", "safe_component", "safe_name", "stale_temps", "temp_path"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _TOKEN_BYTES = 4  # 8 hex digits: writers racing for one destination never pick the same temporary file
+_NAME_TRIES = 1000  # "name-2.mp4" ... before giving up: far more films of one title than anyone makes
 
 
 def safe_component(text: str) -> str:
@@ -52,3 +56,46 @@ def replacing(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_new(tmp: Path, dest: Path) -> Path:
+    """Gives the finished ``tmp`` the name ``dest``, or ``dest`` numbered ("film-2.mp4") when that is taken.
+
+    Never replaces a file: a hard link fails when the name exists, so two writers cannot both win one name and a
+    film titled like another job's video cannot overwrite it. ``tmp`` itself stays for the caller to remove.
+    """
+    for n in range(1, _NAME_TRIES + 1):
+        candidate = dest if n == 1 else dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+        try:
+            os.link(tmp, candidate)
+        except FileExistsError:
+            continue
+        except OSError:
+            # A file system without hard links: the exclusive create still reserves the name for this writer alone.
+            try:
+                with candidate.open("xb"):
+                    pass
+            except FileExistsError:
+                continue
+            os.replace(tmp, candidate)
+        return candidate
+    raise FileExistsError(f"{dest} and {_NAME_TRIES - 1} numbered names after it are all taken")
+
+
+@dataclass
+class Created:
+    """A file :func:`creating` is writing: ``tmp`` while it is written, then ``path``, its final name."""
+
+    tmp: Path
+    path: Path
+
+
+@contextmanager
+def creating(dest: Path) -> Iterator[Created]:
+    """Like :func:`replacing`, but the finished file never replaces another (see :func:`publish_new`)."""
+    created = Created(tmp=temp_path(dest), path=dest)
+    try:
+        yield created
+        created.path = publish_new(created.tmp, dest)
+    finally:
+        created.tmp.unlink(missing_ok=True)

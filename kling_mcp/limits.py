@@ -34,6 +34,9 @@ IMAGE_FORMATS: Final = ("JPEG", "PNG")
 IMAGE_MAX_BYTES: Final = 50 * 1024 * 1024
 IMAGE_MIN_SIDE_PX: Final = 300
 IMAGE_MAX_ASPECT: Final = 2.5  # width/height and height/width both at most this
+# This server's own bound, not the gateway's: what an image may decode to (40 MP of RGBA is 160 MB), read from the
+# header before anything is decoded, so a small file that claims a huge size costs nothing.
+IMAGE_MAX_PIXELS: Final = 40_000_000
 
 # The sandbox's output sizes: 720p-tier stand-ins for the live model's 1080p.
 SANDBOX_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
@@ -158,6 +161,17 @@ def check_shots(shots: Sequence[Shot], *, field: str = "shots") -> tuple[Shot, .
     return tuple(shots)
 
 
+def check_image_pixels(width: int, height: int, *, field: str = "image_url") -> None:
+    """Refuses an image whose header promises more than ``IMAGE_MAX_PIXELS``; call it before decoding."""
+    if width * height > IMAGE_MAX_PIXELS:
+        raise InvalidInputError(
+            field,
+            f"an image of at most {IMAGE_MAX_PIXELS // 1_000_000} megapixels",
+            Measured(f"{width}x{height} px ({width * height / 1e6:.0f} MP)"),
+            "downscale the image",
+        )
+
+
 def check_image(*, field: str, format: str | None, size_bytes: int | None, width: int, height: int) -> None:
     """Checks an image's decoded properties (not its URL) against the gateway's image rules."""
     if format not in IMAGE_FORMATS:
@@ -174,6 +188,7 @@ def check_image(*, field: str, format: str | None, size_bytes: int | None, width
             Measured(f"{size_bytes / (1024 * 1024):.1f} MB"),
             "downscale or recompress the image",
         )
+    check_image_pixels(width, height, field=field)
     if min(width, height) < IMAGE_MIN_SIDE_PX:
         raise InvalidInputError(
             field,

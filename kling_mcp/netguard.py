@@ -36,8 +36,10 @@ it), so ``client.get`` and ``client.stream`` raise ``BlockedURLError`` itself. I
 not resolve is a network problem, not a refusal: it becomes ``httpx2.ConnectError`` (``ConnectTimeout`` when the
 lookup outlasts the connect timeout), which callers already retry.
 
-``allow_private=True`` (sandbox mode and tests; the server maps ``KLING_MCP_ALLOW_PRIVATE_URLS=1`` to it) keeps the
-syntax checks but skips resolution and address checks, and forwards requests unchanged.
+``allow_private=True`` (tests; the server maps ``KLING_MCP_ALLOW_PRIVATE_URLS=1`` to it) keeps the syntax checks
+but skips resolution and address checks, and forwards requests unchanged. ``exempt_origins`` does the same for
+requests to exactly those origins (scheme, host, port) and no others: in sandbox mode the server downloads from its
+own sandbox gateway on loopback, while every URL a user names is still checked.
 
 Messages name the host, never the whole URL: signed CDN URLs carry credentials in their query strings.
 """
@@ -48,7 +50,7 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 from typing import Self
 from urllib.parse import unquote
@@ -65,6 +67,7 @@ __all__ = [
     "blocked_reason",
     "check_url",
     "guarded_client",
+    "origin_of",
     "system_resolver",
 ]
 
@@ -78,6 +81,15 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _SCHEMES = frozenset({"http", "https"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str | httpx2.URL) -> Origin:
+    """``(scheme, host, port)`` of a URL, the port filled in: what ``exempt_origins`` compares."""
+    parsed = httpx2.URL(url) if isinstance(url, str) else url
+    return parsed.scheme, parsed.host.lower(), parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 0)
+
 
 # Names that never resolve to a public host (RFC 6761, RFC 6762, ICANN's private-use TLD, RFC 8375); refusing them
 # up front gives a clear message instead of whatever the local resolver makes of them.
@@ -241,6 +253,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         allow_private: bool,
         resolver: Resolver = system_resolver,
         verify: ssl.SSLContext | bool = True,
+        exempt_origins: Collection[Origin] = (),
     ) -> None:
         self._owns_inner = inner is None
         self._inner = (
@@ -250,6 +263,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         )
         self._allow_private = allow_private
         self._resolver = resolver
+        self._exempt = frozenset(exempt_origins)
 
     async def __aenter__(self) -> Self:
         if self._owns_inner:
@@ -270,8 +284,9 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
-        _check_parsed(url, allow_private=self._allow_private)
-        if self._allow_private:
+        trusted = self._allow_private or origin_of(url) in self._exempt
+        _check_parsed(url, allow_private=trusted)
+        if trusted:
             return await self._inner.handle_async_request(request)
         literal = _literal_ip(url.host)
         if literal is not None:
@@ -355,16 +370,20 @@ def guarded_client(
     transport: httpx2.AsyncBaseTransport | None = None,
     resolver: Resolver = system_resolver,
     verify: ssl.SSLContext | bool = True,
+    exempt_origins: Collection[Origin] = (),
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` for untrusted URLs: redirects followed (each hop checked) through ``GuardedTransport``.
 
     ``transport`` is the inner transport (an ``ASGITransport`` in tests); ``resolver`` replaces DNS in tests;
-    ``verify`` is the TLS context (the process's shared one, so no client loads the trust store again).
+    ``verify`` is the TLS context (the process's shared one, so no client loads the trust store again);
+    ``exempt_origins`` are fetched from unchecked (a sandbox gateway's own media; each redirect hop is checked anew).
     ``trust_env=False``: a proxy would resolve names itself, past the pin. httpx2 already ignores ``HTTP(S)_PROXY``
     when given a transport; saying so keeps a later change from mounting one ahead of the guard.
     """
     return httpx2.AsyncClient(
-        transport=GuardedTransport(transport, allow_private=allow_private, resolver=resolver, verify=verify),
+        transport=GuardedTransport(
+            transport, allow_private=allow_private, resolver=resolver, verify=verify, exempt_origins=exempt_origins
+        ),
         follow_redirects=True,
         max_redirects=max_redirects,
         timeout=httpx2.Timeout(timeout),

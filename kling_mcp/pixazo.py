@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from kling_mcp.errors import (
     RateLimitError,
     UpstreamServerError,
 )
-from kling_mcp.files import temp_path
+from kling_mcp.files import publish_new, temp_path
 from kling_mcp.models import GatewayState
 from kling_mcp.models import GenerationRequest as GenerationRequest  # its home before models.py; callers import it
 
@@ -104,7 +103,11 @@ T = TypeVar("T")
 
 
 class PixazoClient:
-    """Typed access to the gateway. The ``http`` client is the seam: real network, loopback, or ASGI."""
+    """Typed access to the gateway. The ``http`` client is the seam: real network, loopback, or ASGI.
+
+    Gateway requests carry the API key, so they never follow a redirect, whatever ``http`` was built with: a
+    redirect answer is an error naming where it pointed (the key goes to the configured gateway only).
+    """
 
     def __init__(
         self,
@@ -154,7 +157,9 @@ class PixazoClient:
         content = json.dumps(request.body()).encode()
 
         async def once() -> Submission:
-            response = await self._http.post(self._base_url + path, content=content, headers=self._headers(extra))
+            response = await self._http.post(
+                self._base_url + path, content=content, headers=self._headers(extra), follow_redirects=False
+            )
             try:
                 data = _json_or_raise(response, request_id=None)
             except RateLimitError:
@@ -170,13 +175,15 @@ class PixazoClient:
         url = self.status_url(request_id, polling_url)
 
         async def once() -> GatewayStatus:
-            response = await self._http.get(url, headers=self._headers())
+            response = await self._http.get(url, headers=self._headers(), follow_redirects=False)
             return parse_status(_json_or_raise(response, request_id=request_id), request_id)
 
         return await self._with_retries(once, _READS)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> Download:
-        """Streams a media file to ``dest`` atomically (temporary file, size check, rename); returns its sha256.
+        """Streams a media file to ``dest`` atomically (temporary file, size check, new name); returns its sha256.
+
+        ``Download.path`` is ``dest``, or a numbered sibling when ``dest`` already exists: nothing is replaced.
 
         The API key is never sent: media URLs live on a CDN, possibly another host.
         """
@@ -220,7 +227,8 @@ class PixazoClient:
                 )
             if size == 0:
                 raise GatewayConnectionError("The gateway sent an empty file.", maybe_sent=False)
-            await anyio.to_thread.run_sync(os.replace, tmp, dest)
+            # Never over an existing file: a video already under this name gets a numbered sibling instead.
+            dest = await anyio.to_thread.run_sync(publish_new, tmp, dest)
         except httpx2.TransportError as exc:
             raise GatewayConnectionError(f"Download failed ({type(exc).__name__}).", maybe_sent=False) from None
         finally:
@@ -355,6 +363,8 @@ def _json_or_raise(response: httpx2.Response, *, request_id: str | None) -> dict
         if isinstance(data, dict):
             return data
         raise UpstreamServerError(f"The gateway answered HTTP {status} without a JSON object.", **common)
+    if 300 <= status < 400:
+        raise _redirect_error(response, common)
     if status in (401, 403):
         raise AuthenticationError(
             f"The gateway refused the API key (HTTP {status}): {message}",
@@ -382,6 +392,27 @@ def _json_or_raise(response: httpx2.Response, *, request_id: str | None) -> dict
     raise GatewayValidationError(
         f"The gateway rejected the request (HTTP {status}): {message}",
         hint="Correct the field it names and call again.",
+        **common,
+    )
+
+
+def _redirect_target(response: httpx2.Response) -> str:
+    """Where a redirect points, as scheme, host and port only: a Location may carry credentials or signatures."""
+    location = response.headers.get("location", "")
+    try:
+        target = response.url.join(location) if location else None
+    except httpx2.InvalidURL:
+        return ""
+    if target is None or not target.host:
+        return ""
+    return f" to {target.scheme}://{target.host}" + (f":{target.port}" if target.port else "")
+
+
+def _redirect_error(response: httpx2.Response, common: dict[str, Any]) -> GatewayValidationError:
+    return GatewayValidationError(
+        f"The gateway answered with a redirect (HTTP {response.status_code}){_redirect_target(response)}; it was "
+        "not followed, because gateway requests carry the API key.",
+        hint="If that address is the gateway, set PIXAZO_BASE_URL (or the PIXAZO_*_PATH routes) to it.",
         **common,
     )
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 PREVIEW_MAX_BYTES = 200_000
+# Joined films live in their own folder under the output folder, apart from the downloads (named by job id), so
+# no title can name a downloaded video; and a film never replaces an existing file (media.concat numbers it).
+FILMS_FOLDER = "films"
 
 
 class MediaWorker:
@@ -96,7 +99,7 @@ class MediaWorker:
 
             from kling_mcp.media import encode_jpeg
 
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
                 return encode_jpeg(image, max_bytes=max_bytes, max_side=None)
 
         return await self.run(shrink)
@@ -127,9 +130,10 @@ def local_video(job: Job) -> Path:
 
 
 def film_path(out_dir: Path, jobs: Sequence[Job], title: str | None) -> Path:
+    """Where a film of ``jobs`` is meant to go: ``films/`` under the output folder (a numbered name if taken)."""
     ids = "+".join(j.id for j in jobs)
     stem = safe_name(title) if title else "film-" + hashlib.sha256(ids.encode()).hexdigest()[:12]
-    return out_dir / f"{stem}.mp4"
+    return out_dir / FILMS_FOLDER / f"{stem}.mp4"
 
 
 async def concat_jobs(worker: MediaWorker, jobs: Sequence[Job], out_dir: Path, title: str | None) -> ConcatResult:

@@ -22,7 +22,7 @@ import httpx2
 from kling_mcp.config import SANDBOX_KEY, WEBHOOK_PATH, Settings
 from kling_mcp.jobs import EngineConfig, JobEngine, Listener
 from kling_mcp.models import Job
-from kling_mcp.netguard import guarded_client
+from kling_mcp.netguard import guarded_client, origin_of
 from kling_mcp.pixazo import PixazoClient
 from kling_mcp.previews import MediaWorker, local_video
 from kling_mcp.store import Guards, Store
@@ -135,7 +135,8 @@ async def open_runtime(
         http = await stack.enter_async_context(
             httpx2.AsyncClient(
                 timeout=httpx2.Timeout(settings.request_timeout, connect=10.0),
-                follow_redirects=True,
+                # The key travels with every gateway request: a redirect is an answer, never a second request.
+                follow_redirects=False,
                 transport=transport,
                 verify=tls,
                 # Keep as many connections alive as polls may run at once, so polls never pay for new handshakes.
@@ -143,13 +144,15 @@ async def open_runtime(
             )
         )
         # The gateway client is trusted configuration (and carries the key); URLs from answers and from users go
-        # through the SSRF guard, which lets private addresses through only in sandbox mode or when told to.
+        # through the SSRF guard in every mode. Private addresses pass only when told to, and in sandbox mode the
+        # sandbox gateway's own origin (its media on loopback) passes: a URL a user names on loopback does not.
         media_http = await stack.enter_async_context(
             guarded_client(
-                allow_private=not settings.live or settings.allow_private_urls,
+                allow_private=settings.allow_private_urls,
                 timeout=settings.request_timeout,
                 transport=transport,
                 verify=tls,
+                exempt_origins=() if settings.live else (origin_of(base_url),),
             )
         )
         client = PixazoClient(http, base_url=base_url, api_key=api_key, paths=settings.paths, media_http=media_http)

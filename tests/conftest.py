@@ -25,12 +25,19 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """The sandbox gateway on a real loopback port. ``@pytest.mark.render_size(w, h)`` renders bigger frames."""
+    """The sandbox gateway on a real loopback port. ``@pytest.mark.render_size(w, h)`` renders bigger frames;
+    ``@pytest.mark.private_image_urls`` lets it fetch images from loopback hosts the test serves."""
     from kling_mcp.sandbox import SandboxConfig, serve_sandbox
 
     marker = request.node.get_closest_marker("render_size")
     size = tuple(marker.args) if marker else TINY
-    config = SandboxConfig(time_scale=TEST_TIME_SCALE, render_size=size, fps=8, media_dir=tmp_path / "sandbox-media")
+    config = SandboxConfig(
+        time_scale=TEST_TIME_SCALE,
+        render_size=size,
+        fps=8,
+        media_dir=tmp_path / "sandbox-media",
+        allow_private_image_urls=request.node.get_closest_marker("private_image_urls") is not None,
+    )
     async with serve_sandbox(config) as served:
         yield served
 

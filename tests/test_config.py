@@ -3,6 +3,7 @@ refused with a message that names it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -31,6 +32,11 @@ READS = {
     "KLING_MCP_AUTH_TOKEN": (" a, b ,,", "auth_tokens", ("a", "b")),
     "KLING_MCP_OAUTH_ISSUER": ("https://id.test/", "oauth_issuer", "https://id.test/"),
     "KLING_MCP_OAUTH_AUDIENCE": ("api://video", "oauth_audience", "api://video"),
+    "KLING_MCP_IMAGE_ROOTS": (
+        f"/srv/a{os.pathsep}/srv/b, /srv/c,",
+        "image_roots",
+        (Path("/srv/a"), Path("/srv/b"), Path("/srv/c")),
+    ),
     "KLING_MCP_PUBLIC_URL": ("https://me.test/", "public_url", "https://me.test"),
     "KLING_MCP_WEBHOOK_POLL_INTERVAL": ("5", "webhook_poll_interval", 5.0),
     "KLING_MCP_ALLOWED_HOSTS": ("h1,h2", "allowed_hosts", ("h1", "h2")),
@@ -124,6 +130,11 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
                 "URL, e.g. https://video.example.com/mcp.",
             )
             for alongside in ({}, {"KLING_MCP_OAUTH_AUDIENCE": "api://video"})
+        ),
+        (
+            {"KLING_MCP_IMAGE_ROOTS": "/srv/ok,pictures"},
+            "KLING_MCP_IMAGE_ROOTS must list absolute folders; 'pictures' is not.",
+            "Use full paths.",
         ),
         *(
             (

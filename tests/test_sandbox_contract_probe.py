@@ -78,6 +78,7 @@ def gateway() -> Iterator[GatewayProcess]:
         f"{OTHER_KEY}=1000",
         "--key",
         f"{POOR_KEY}={POOR_BALANCE_S}",
+        "--allow-private-image-urls",  # the images these tests serve are on loopback
     ]
     process = subprocess.Popen(
         command,

@@ -185,6 +185,8 @@ async def make_sandbox(*, real_outbound: bool = False, **overrides: Any) -> Asyn
         "fps": 8,
         "clock": clock,
         "webhook_backoff_s": 0.01,
+        # receiver.test is served in-process, with no DNS behind it; the guard itself is tested with it off
+        "allow_private_image_urls": True,
         **overrides,
     }
     receiver = Receiver()

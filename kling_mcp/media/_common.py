@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from kling_mcp.errors import InvalidInputError, KlingError, MediaError
-from kling_mcp.files import replacing
+from kling_mcp.files import Created, creating, replacing
 
 if TYPE_CHECKING:
     from av.container import OutputContainer
@@ -58,6 +58,14 @@ def atomic_path(out_path: Path) -> Iterator[Path]:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(out_path) as tmp:
         yield tmp
+
+
+@contextmanager
+def new_file(out_path: Path) -> Iterator[Created]:
+    """Like :func:`atomic_path`, but the result never replaces a file: it takes a numbered name instead."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with creating(out_path) as created:
+        yield created
 
 
 def write_atomic(out_path: Path, data: bytes) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from kling_mcp.errors import InvalidInputError, MediaError
-from kling_mcp.media._common import StrPath, atomic_path, check_suffix, open_output, translated
+from kling_mcp.media._common import StrPath, check_suffix, new_file, open_output, translated
 from kling_mcp.media._probe import fps_of, open_input, video_stream
 from kling_mcp.media._reencode import concat_reencode
 
@@ -96,7 +96,10 @@ def can_stream_copy(paths: Sequence[StrPath]) -> bool:
 
 
 def concat(paths: Sequence[StrPath], out_path: StrPath, *, reencode: bool | None = None) -> ConcatResult:
-    """Joins clips into one MP4 (moov first), written to a temporary sibling and renamed into place.
+    """Joins clips into one MP4 (moov first), written to a temporary sibling and then given its name.
+
+    An existing file is never replaced: when ``out_path`` is taken the result is numbered ("film-2.mp4"), and
+    ``ConcatResult.path`` says where it went.
 
     ``reencode=None`` copies packets when :func:`can_stream_copy` allows and re-encodes otherwise; ``True`` always
     re-encodes (H.264 + AAC, letterboxed to the first clip's size at its frame rate); ``False`` always copies and
@@ -116,14 +119,15 @@ def concat(paths: Sequence[StrPath], out_path: StrPath, *, reencode: bool | None
         method: Literal["copy", "reencode"] = "reencode" if reencode or mismatch is not None else "copy"
         with (
             translated(f"join {len(paths)} clips into", out, hint="Check the input clips with probe()."),
-            atomic_path(out) as tmp,
+            new_file(out) as created,
         ):
             if method == "copy":
-                duration, (width, height) = _concat_copy(containers, tmp, fmt), _size(containers[0])
+                duration, (width, height) = _concat_copy(containers, created.tmp, fmt), _size(containers[0])
             else:
-                duration, width, height = concat_reencode(containers, paths, tmp, fmt)
+                duration, width, height = concat_reencode(containers, paths, created.tmp, fmt)
+    path = created.path
     return ConcatResult(
-        path=out, method=method, duration_s=duration, size_bytes=out.stat().st_size, width=width, height=height
+        path=path, method=method, duration_s=duration, size_bytes=path.stat().st_size, width=width, height=height
     )
 
 

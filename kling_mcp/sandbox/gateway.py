@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from kling_mcp import limits
 from kling_mcp.config import I2V_API_ID, T2V_API_ID
 from kling_mcp.errors import InvalidInputError
+from kling_mcp.netguard import guarded_client
 from kling_mcp.sandbox import ids, render
 from kling_mcp.sandbox.images import check_image_bytes, load_image
 from kling_mcp.sandbox.model import (
@@ -99,6 +100,9 @@ class SandboxGateway:
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._http: httpx2.AsyncClient | None = None
+        self._image_http: httpx2.AsyncClient | None = None
+        # One image decode at a time: each may take IMAGE_MAX_PIXELS of memory.
+        self._image_limiter = anyio.CapacityLimiter(1)
         self._media_dir: Path | None = None
         self._records: JobRecords | None = None
         self._limiter = anyio.CapacityLimiter(self.config.max_concurrent_renders)
@@ -115,6 +119,7 @@ class SandboxGateway:
             # Fresh primitives: a gateway may be run again later, from another event loop.
             self._wake = anyio.Event()
             self._limiter = anyio.CapacityLimiter(self.config.max_concurrent_renders)
+            self._image_limiter = anyio.CapacityLimiter(1)
             if self.config.media_dir is not None:
                 self._media_dir = Path(self.config.media_dir)
                 self._media_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,14 @@ class SandboxGateway:
             self._http = await stack.enter_async_context(
                 # trust_env=False: a proxy from the environment must never see loopback webhooks or images
                 httpx2.AsyncClient(transport=self._outbound, trust_env=False, follow_redirects=False)
+            )
+            # Image URLs come from whoever submits: like the real gateway, this one fetches only public addresses.
+            self._image_http = await stack.enter_async_context(
+                guarded_client(
+                    allow_private=self.config.allow_private_image_urls,
+                    timeout=self.config.image_fetch_timeout_s,
+                    transport=self._outbound,
+                )
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop_background)
@@ -141,6 +154,7 @@ class SandboxGateway:
             await stack.__aexit__(exc_type, exc, tb)
         self._tg = None
         self._http = None
+        self._image_http = None
 
     async def _stop_background(self) -> None:
         # Render threads poll this between frames; the cancel then returns within one frame's time.
@@ -252,7 +266,7 @@ class SandboxGateway:
         body, request = parse_submit(raw_body, endpoint)
         if webhook_url is not None:
             check_webhook_url(webhook_url)
-        image = None if request.image_url is None else await self._fetch_image(request.image_url, self._http)
+        image = None if request.image_url is None else await self._fetch_image(request.image_url)
         self._charge(key, request.seconds)
 
         outcome, error, hold = plan(key, endpoint, body, request, self.faults, self.roll, self._error_once_seen)
@@ -290,10 +304,11 @@ class SandboxGateway:
         log.info("job %s created: %s s, outcome %s%s", job.request_id, job.seconds, outcome, " (held)" if hold else "")
         return job
 
-    async def _fetch_image(self, url: str, http: httpx2.AsyncClient) -> bytes:
+    async def _fetch_image(self, url: str) -> bytes:
+        assert self._image_http is not None
         try:
-            image = await load_image(url, http, limit_s=self.config.image_fetch_timeout_s)
-            await anyio.to_thread.run_sync(check_image_bytes, image)
+            image = await load_image(url, self._image_http, limit_s=self.config.image_fetch_timeout_s)
+            await anyio.to_thread.run_sync(check_image_bytes, image, limiter=self._image_limiter)
         except InvalidInputError as exc:
             raise BadRequest.from_invalid(exc) from None
         return image

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from urllib.parse import unquote_to_bytes
 
 import anyio
 import httpx2
 
 from kling_mcp import limits
-from kling_mcp.errors import InvalidInputError
+from kling_mcp.errors import BlockedURLError, InvalidInputError
 
 __all__ = ["check_image_bytes", "load_image"]
 
@@ -42,6 +41,9 @@ def _decode_data_uri(uri: str) -> bytes:
             raise InvalidInputError(
                 _FIELD, "a data: URI with valid base64", uri, "encode the image bytes with standard base64"
             ) from None
+    # Capped on the text too: each %XX escape is one byte, every other character one byte.
+    if (estimate := len(payload) - 2 * payload.count("%")) > limits.IMAGE_MAX_BYTES:
+        raise _too_big(f"about {estimate / (1024 * 1024):.1f} MB")
     return unquote_to_bytes(payload)
 
 
@@ -78,26 +80,33 @@ async def load_image(url: str, http: httpx2.AsyncClient, *, limit_s: float) -> b
         raise InvalidInputError(
             _FIELD, _REACHABLE, url, f"it could not be reached ({type(exc).__name__}); check the link"
         ) from None
+    except BlockedURLError as exc:
+        # Named by host only, as the guard does: a signed URL's query string is a credential.
+        raise InvalidInputError(
+            _FIELD,
+            "a URL on a public address",
+            exc.host or "this URL",
+            "host the image where anyone can download it; " + exc.message.rstrip("."),
+        ) from None
     return bytes(buf)
 
 
 def check_image_bytes(data: bytes) -> None:
     """Decodes the image fully (a truncated file must fail here, not in the render) and checks its limits.
 
+    Only PNG and JPEG are opened, and only after their headers show at most ``IMAGE_MAX_PIXELS`` (``open_image``).
     CPU-bound for big images: call it in a worker thread.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    from kling_mcp.media import MediaError, image_header, open_image, sniff_format
+
+    fmt, width, height = image_header(data) or (sniff_format(data), 0, 0)
+    limits.check_image(field=_FIELD, format=fmt, size_bytes=len(data), width=max(width, 1), height=max(height, 1))
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        fmt, width, height = None, 0, 0
-    limits.check_image(field=_FIELD, format=fmt, size_bytes=len(data), width=width, height=height)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data, field=_FIELD) as image:
             image.load()
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (MediaError, OSError, ValueError, Image.DecompressionBombError):
         raise InvalidInputError(
             _FIELD, "a " + " or ".join(limits.IMAGE_FORMATS) + " image", f"a damaged {fmt} file", "export it again"
         ) from None

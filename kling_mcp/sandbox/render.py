@@ -11,7 +11,6 @@ PyAV and Pillow are imported inside the functions so that importing the sandbox 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import textwrap
 import threading
@@ -294,10 +293,10 @@ def render_job(
     should_stop: Callable[[], bool],
 ) -> int:
     """A job's placeholder: ``image``, the encoded input of image-to-video, becomes its first frame."""
-    from PIL import Image
+    from kling_mcp.media import open_image
 
     if image is None:
         return render_placeholder(path, shots, size=size, fps=fps, should_stop=should_stop)
-    with Image.open(io.BytesIO(image)) as first:
+    with open_image(image) as first:  # checked at submit; opened the same bounded way again
         first.load()
         return render_placeholder(path, shots, size=size, fps=fps, first_image=first, should_stop=should_stop)

@@ -112,6 +112,8 @@ class SandboxConfig:
     webhook_backoff_s: float = 0.2
     webhook_timeout_s: float = 5.0
     image_fetch_timeout_s: float = 10.0
+    # fetch image_url from private and loopback addresses too (tests serving images locally); off, like the real one
+    allow_private_image_urls: bool = False
     paths: GatewayPaths = field(default_factory=GatewayPaths)
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

@@ -83,6 +83,11 @@ def _network_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default: %(default)s)")
     net.add_argument("--public-base-url", help="absolute base for polling and media URLs (default: the request's)")
+    net.add_argument(
+        "--allow-private-image-urls",
+        action="store_true",
+        help="fetch image_url from private and loopback addresses too (default: public addresses only, like Pixazo)",
+    )
 
 
 def _simulation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +162,7 @@ _SAME_NAMED = (
     "media_dir",
     "jobs_dir",
     "public_base_url",
+    "allow_private_image_urls",
     "max_concurrent_renders",
     "webhook_attempts",
 )

@@ -146,8 +146,14 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
 async def _image(runtime: "Runtime", ref: str, owner: str) -> str:
     """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client, and a
     job's frame only from the owner's own jobs."""
-    video_for_job = partial(runtime.video_for_job, owner=owner)
-    resolved = await resolve_image(ref, http=runtime.http, video_for_job=video_for_job, limiter=runtime.media.limiter)
+    resolved = await resolve_image(
+        ref,
+        http=runtime.http,
+        video_for_job=partial(runtime.video_for_job, owner=owner),
+        limiter=runtime.media.limiter,
+        # Remote (HTTP) callers may name local files only inside KLING_MCP_IMAGE_ROOTS; the local user, any.
+        local_roots=runtime.settings.image_roots if runtime.settings.remote_callers else None,
+    )
     return resolved.url
 
 
