@@ -274,7 +274,7 @@ async def concat_videos(
         request_ids=[job.id for job in jobs],
     )
     how = "stream copy" if film.method == "copy" else "re-encoded, letterboxed to the first clip"
-    return film_result(out, how, links=runtime.settings.result_links)
+    return film_result(out, how, links=runtime.settings.result_links, settings=runtime.settings)
 
 
 async def check_status(
