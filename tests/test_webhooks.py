@@ -27,7 +27,7 @@ pytestmark = pytest.mark.anyio
 async def _status(client: Client, rid: str, wait: float = 0) -> dict[str, Any]:
     result = await client.call_tool("check_status", {"request_id": rid, "wait_seconds": wait})
     assert result.structured_content is not None
-    return result.structured_content
+    return dict(result.structured_content)
 
 
 async def _held_job(client: Client, sandbox: Any, prompt: str) -> tuple[str, str]:
