@@ -3,6 +3,7 @@ on, and no token reaches a log line."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from kling_mcp.config import Settings
+from kling_mcp.server.logs import RedactWebhookTokens
 from tests.support.procs import free_port, server_env, wait_until_serving
 from tests.test_http_security import mcp_client, serve, webhook_server
 
@@ -146,3 +148,23 @@ async def test_webhook_tokens_never_reach_the_log(tmp_path: Path, sandbox: Any) 
     for token in (*tokens, forged_token):
         assert token not in log
         assert token[:12] not in log
+
+
+def test_the_redacting_filter_covers_messages_string_and_object_arguments() -> None:
+    token = "s3cretTok-en_9"
+    url = httpx2.URL(f"http://127.0.0.1:8000/webhooks/pixazo/{token}?x=1")
+    record = logging.LogRecord(
+        "httpx2",
+        logging.INFO,
+        __file__,
+        1,
+        "HTTP Request: %s %s %d /webhooks/pixazo/" + token,
+        ("POST", url, 200),
+        None,
+    )
+    assert RedactWebhookTokens().filter(record) is True
+    assert record.getMessage() == (
+        "HTTP Request: POST http://127.0.0.1:8000/webhooks/pixazo/<redacted>?x=1 200 /webhooks/pixazo/<redacted>"
+    )
+    assert isinstance(record.args, tuple)
+    assert record.args[2] == 200  # numbers stay numbers: uvicorn's access formatter formats them with %d
