@@ -16,6 +16,9 @@ from kling_mcp.errors import ConfigurationError
 if TYPE_CHECKING:
     import argparse
 
+    from kling_mcp.config import Settings
+    from kling_mcp.server.app import KlingServer
+
 
 def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
     import argparse
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> int:
     from kling_mcp.config import Settings
-    from kling_mcp.server import LOOPBACK_HOSTS, build_server, http_security, log_to_stderr
+    from kling_mcp.server import LOOPBACK_HOSTS, build_server, log_to_stderr
 
     try:
         settings = Settings.from_env(os.environ)
@@ -97,15 +100,29 @@ def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> i
         )
         return 2
     # The one place that knows who the callers are: over HTTP they are other people, not this machine's user.
-    server = build_server(settings.with_(remote_callers=transport == "http"))
+    server = build_server(settings)
     if transport == "http":
-        server.run(
-            "streamable-http",
-            host=host,
-            port=port,
-            streamable_http_path="/mcp",
-            transport_security=http_security(settings, host),
-        )
+        _serve_http(server, settings, host, port)
     else:
         server.run()
     return 0
+
+
+def _serve_http(server: KlingServer, settings: Settings, host: str, port: int) -> None:
+    """What ``server.run("streamable-http")`` does, with uvicorn's logging sent through the redacting stderr log."""
+    import anyio
+    import uvicorn
+
+    from kling_mcp.server import http_security, uvicorn_log_config
+
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp", transport_security=http_security(settings, host), host=host
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(settings.log_level),
+    )
+    anyio.run(uvicorn.Server(config).serve)

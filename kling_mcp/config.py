@@ -231,8 +231,6 @@ class Settings:
     oauth_audience: str | None = field(default=None, metadata=_env("KLING_MCP_OAUTH_AUDIENCE", _text))
     # folders whose images HTTP clients may name by local path; over stdio every local path works
     image_roots: tuple[Path, ...] = field(default=(), metadata=_env("KLING_MCP_IMAGE_ROOTS", _folders))
-    # set by `serve`, not the environment: HTTP clients are other people, so local paths are theirs only in image_roots
-    remote_callers: bool = False
     # where the gateway can reach this server: turns webhooks on
     public_url: str | None = field(default=None, metadata=_env("KLING_MCP_PUBLIC_URL", _url))
     webhook_poll_interval: float = field(default=60.0, metadata=_env("KLING_MCP_WEBHOOK_POLL_INTERVAL", _number(0.05)))

@@ -20,6 +20,8 @@ from typing import Any, Final, Unpack
 import anyio
 from anyio.abc import TaskGroup
 
+from kling_mcp import doorbell
+from kling_mcp.doorbell import Doorbells
 from kling_mcp.errors import (
     AuthenticationError,
     BlockedURLError,
@@ -35,12 +37,13 @@ from kling_mcp.models import (
     LOCAL_OWNER,
     NO_VIDEO,
     RUNNING,
+    STATUS_RANK,
     GenerationRequest,
     Job,
     Mode,
     expected_seconds,
 )
-from kling_mcp.pixazo import GatewayStatus, PixazoClient, parse_status
+from kling_mcp.pixazo import GatewayStatus, PixazoClient
 from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,7 @@ class JobEngine:
         self._drivers: set[str] = set()
         self._listeners: list[Listener] = []
         self._not_found: dict[str, int] = {}  # job id -> its polls answered 404 in a row
+        self._bells = Doorbells()
         self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -249,10 +253,14 @@ class JobEngine:
             watch = self._watches[job_id] = _Watch()
         return watch
 
-    async def _notify(self, job: Job) -> None:
-        watch = self._watches.pop(job.job_id, None)
+    def _wake(self, job_id: str) -> None:
+        """Wakes whoever sleeps on the job: its driver and its waiters."""
+        watch = self._watches.pop(job_id, None)
         if watch is not None:
             watch.event.set()
+
+    async def _notify(self, job: Job) -> None:
+        self._wake(job.job_id)
         for listener in self._listeners:
             try:
                 await listener(job)
@@ -316,15 +324,10 @@ class JobEngine:
                 # It completed before this driver, maybe in another process whose gateway (and media URL) is gone.
                 job = await self._refresh_media_url(job)
             # Spreads the polls of jobs submitted (or resumed) together; never sooner than the interval.
-            phase = _JITTER.uniform(1.0, 1.5)
+            delay = self._poll_interval() * _JITTER.uniform(1.0, 1.5)
             while not job.settled:
                 if job.status in RUNNING:
-                    # Sleep until the next poll, or until a webhook (or another waiter's news) changes the job.
-                    watch = self._watch(job_id)
-                    with anyio.move_on_after(self._poll_interval() * phase):
-                        await watch.event.wait()
-                    phase = 1.0
-                    job = await self.store.get(job_id) if watch.event.is_set() else await self._poll(job)
+                    job, delay = await self._poll_when_due(job, delay)
                 elif job.status == "completed":
                     job = await self._download(job)
                 else:
@@ -334,25 +337,50 @@ class JobEngine:
         finally:
             self._drivers.discard(job_id)
             self._not_found.pop(job_id, None)
+            self._bells.forget(job_id)
+
+    async def _poll_when_due(self, job: Job, delay: float) -> tuple[Job, float]:
+        """Polls after ``delay``, or at once when the doorbell rings; returns the job and the delay to the next.
+
+        Other news of the job (a waiter, another process) only makes the driver read the ledger again.
+        """
+        job_id = job.job_id
+        if not self._bells.rung(job_id):
+            watch = self._watch(job_id)
+            with anyio.move_on_after(delay):
+                await watch.event.wait()
+            if watch.event.is_set() and not self._bells.rung(job_id):
+                return await self.store.get(job_id), self._poll_interval()
+        answered = await self._bells.take(job_id)
+        polled = await self._poll(job)
+        if answered is None:
+            return polled, self._poll_interval()
+        answered.set()
+        news = polled.status != job.status or polled.current_request_id != job.current_request_id
+        return polled, self._poll_interval() if news else min(doorbell.FOLLOW_UP_S, self._poll_interval())
 
     async def on_webhook(self, token: str, body: Mapping[str, Any]) -> tuple[int, str]:
-        """Applies a gateway webhook for the job its URL token names; returns (HTTP status, reason).
+        """A gateway webhook for the job its URL token names rings that job's doorbell; returns (HTTP status, reason).
 
-        The token proves which job the post is for; the body must name that job's current request id, so a body
-        replayed to another job's URL changes nothing.
+        The body is only checked to name one of the job's request ids, so a body replayed to another job's URL is
+        refused; nothing in it is applied (``kling_mcp.doorbell``). The answer comes once the poll is done (200), or
+        after ``doorbell.WAIT_S`` with the poll still to come (202).
         """
         job = await self.store.by_webhook_token(token)
         if job is None:
             return 404, "unknown webhook"
         request_id = body.get("request_id")
-        if not isinstance(request_id, str) or request_id != job.current_request_id:
+        if job.attempt_ids and request_id not in job.attempt_ids:
             return 409, "request_id does not match this job"
         if job.final:
             return 200, "already final"
-        status = parse_status(body, request_id)
-        updated = await self._apply(job, status)
-        self._drive(updated)
-        return 200, "ok"
+        answered = self._bells.ring(job.job_id)
+        self._wake(job.job_id)
+        self._drive(job)
+        with anyio.move_on_after(doorbell.WAIT_S):
+            await answered.wait()
+            return 200, "polled"
+        return 202, "the job will be polled"
 
     def _poll_interval(self) -> float:
         """The configured interval, stretched so that all jobs together poll at most max_polls_per_second.
@@ -401,6 +429,11 @@ class JobEngine:
         )
 
     async def _apply(self, job: Job, status: GatewayStatus) -> Job:
+        if STATUS_RANK[status.status] < STATUS_RANK[job.status]:
+            log.info(
+                "status of %s: ignored %s after %s (a job never moves back)", job.id, status.raw_status, job.status
+            )
+            return job
         if status.status == "completed":
             return await self._set(
                 job,

@@ -11,7 +11,9 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +39,11 @@ NO_VIDEO: Final[frozenset[JobStatus]] = FINAL - {"completed"}  # ended without a
 GATEWAY_FAILED: Final[frozenset[JobStatus]] = frozenset({"failed", "error"})  # the gateway ended it without a video
 # ERROR is a system failure and not billed (docs/pixazo-contract.md §5 Status polling and status values).
 NOT_CHARGED: Final[frozenset[JobStatus]] = frozenset({"error"})
+# How far along a job is. A job never moves to a lower rank: a late or reordered answer (PROCESSING, then IN_QUEUE)
+# is ignored. A resubmit starts a new attempt, which is not a move of this kind.
+STATUS_RANK: Final[Mapping[JobStatus, int]] = MappingProxyType(
+    {"submitting": 0, "queued": 1, "processing": 2, "completed": 3, "failed": 3, "error": 3, "unknown": 3}
+)
 
 DownloadState = Literal["off", "pending", "downloading", "done", "failed"]
 DOWNLOAD_OWED: Final[frozenset[DownloadState]] = frozenset({"pending", "downloading"})

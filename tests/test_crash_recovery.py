@@ -127,11 +127,11 @@ async def test_sigkill_at_random_moments_loses_no_job_and_pays_for_none_twice(tm
         proc.wait(timeout=10)
 
     # Every job the client heard of ended completed, downloaded once, to a file that matches the ledger.
+    out = tmp_path / "out"
     for rid, job in finals.items():
         assert job["status"] == "completed", (rid, job)
         assert job["download"] == "saved", (rid, job)
-        assert Path(job["local_path"]).is_file()
-    out = tmp_path / "out"
+        assert (out / job["local_path"]).is_file()  # over HTTP, paths are relative to the output folder
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part") or p.name.startswith(".")]
     assert listing.structured_content is not None
     ledger = listing.structured_content["jobs"]
@@ -149,6 +149,6 @@ async def test_sigkill_at_random_moments_loses_no_job_and_pays_for_none_twice(tm
     assert stats["submits"] - len(ledger_ids) <= len(unknown)
     for job in ledger:
         if job["status"] == "completed":
-            data = Path(job["local_path"]).read_bytes()
+            data = (out / job["local_path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == job["sha256"]
             assert len(data) == job["size_bytes"]

@@ -133,7 +133,8 @@ async def test_a_webhook_wakes_the_waiting_call_while_polling_sleeps(settings: S
     assert result["status"] == "completed"
     assert result["download"] == "saved"
     assert [d.status_code for d in sandbox.gateway.jobs[rid].webhook_deliveries] == [200]
-    assert sandbox.gateway.jobs[rid].status_polls == 0
+    # The webhook is a doorbell: exactly one poll, the one it rang for, learned of the completion.
+    assert sandbox.gateway.jobs[rid].status_polls == 1
 
 
 async def test_forged_replayed_and_malformed_webhooks_change_nothing(settings: Settings, sandbox: Any) -> None:
@@ -200,7 +201,7 @@ async def test_webhook_bodies_are_capped_however_they_arrive(settings: Settings,
     assert "content-length" not in chunked_over_cap.request.headers
     assert chunked_over_cap.request.headers["transfer-encoding"] == "chunked"
     assert [r.status_code for r in (at_cap, over_cap, chunked_at_cap, chunked_over_cap)] == [200, 413, 200, 413]
-    assert at_cap.json()["detail"] == "ok"
+    assert at_cap.json()["detail"] == "polled"
 
 
 # --- secrets -----------------------------------------------------------------------------------------------------

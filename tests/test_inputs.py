@@ -227,42 +227,23 @@ async def test_over_stdio_regular_files_anywhere_still_work(folders: tuple[Path,
 async def test_the_server_refuses_local_paths_to_remote_callers_outside_the_roots(
     settings: Settings, sandbox: Any, folders: tuple[Path, Path]
 ) -> None:
+    # A caller over HTTP is remote (loopback included); an in-memory or stdio caller is the local user.
+    from tests.test_http_security import serve
+    from tests.test_sessions import legacy_http_client
+
     root, private = folders
-    remote = settings.with_(remote_callers=True, image_roots=(root,))
+    rooted = settings.with_(image_roots=(root,))
     with anyio.fail_after(WAIT):
-        async with Client(build_server(remote)) as client:
+        async with serve(rooted) as base, legacy_http_client(base) as client:
             secret = await client.call_tool("animate_image", {"image_url": str(private / "secret.png")})
             shared = await client.call_tool("animate_image", {"image_url": str(root / "frame.png"), "duration": 3})
-        async with Client(build_server(settings)) as local:
+        async with Client(build_server(rooted)) as local:
             own = await local.call_tool("animate_image", {"image_url": str(private / "secret.png"), "duration": 3})
     assert secret.is_error
     assert "KLING_MCP_IMAGE_ROOTS" in text_of(secret)
     assert not shared.is_error, text_of(shared)
     assert not own.is_error, text_of(own)
     assert sandbox.gateway.submit_count == 2
-
-
-@pytest.mark.parametrize(("transport", "remote"), [("http", True), ("stdio", False)])
-def test_serve_tells_the_server_whether_its_callers_are_remote(
-    monkeypatch: pytest.MonkeyPatch, transport: str, remote: bool
-) -> None:
-    import kling_mcp.server
-    from kling_mcp import cli
-
-    built: list[Settings] = []
-
-    class Server:
-        def run(self, *args: object, **kwargs: object) -> None:
-            pass
-
-    def build(settings: Settings) -> Server:
-        built.append(settings)
-        return Server()
-
-    monkeypatch.setattr(kling_mcp.server, "build_server", build)
-    monkeypatch.setattr(kling_mcp.server, "log_to_stderr", lambda level: None)
-    assert cli._serve(transport, "127.0.0.1", 8000) == 0
-    assert [s.remote_callers for s in built] == [remote]
 
 
 # --- 2. and 3. images: PNG and JPEG only, bounded ----------------------------------------------------------

@@ -39,3 +39,21 @@ async def test_connection_key_is_stable_per_connection_and_distinct_between_conn
         "object (mcp SDK change); fix kling_mcp/server/sdk.py"
     )
     assert keys[2] != keys[0], "two connections share a key: fix kling_mcp/server/sdk.py"
+
+
+async def test_on_close_runs_once_the_connection_closes() -> None:
+    closed: list[str] = []
+    server: MCPServer[Any] = MCPServer("seams")
+
+    @server.tool()
+    async def hook(ctx: Context[Any]) -> str:
+        sdk.on_close(ctx.session, lambda: closed.append("closed"))
+        return "ok"
+
+    async with Client(server, mode="legacy") as client:
+        await client.call_tool("hook", {})
+        assert closed == [], "a connection's teardown ran while it was open: fix kling_mcp/server/sdk.py"
+    assert closed == ["closed"], (
+        "closing a legacy connection no longer unwinds Connection.exit_stack (mcp SDK change): legacy sessions "
+        "would never be forgotten; fix kling_mcp/server/sdk.py"
+    )

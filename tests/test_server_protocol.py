@@ -12,7 +12,12 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
-from mcp.types import ResourceTemplateReference, ServerNotification, TextResourceContents
+from mcp.types import (
+    LoggingMessageNotificationParams,
+    ResourceTemplateReference,
+    ServerNotification,
+    TextResourceContents,
+)
 
 from kling_mcp import limits
 from kling_mcp.config import Settings
@@ -179,33 +184,44 @@ async def test_request_ids_complete_from_the_ledger(settings: Settings, mode: st
 
 
 @pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
-async def test_logging_set_level_sets_how_much_the_server_logs(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_logging_set_level_sets_what_this_session_is_told(settings: Settings) -> None:
     server_log = logging.getLogger("kling_mcp")
     before = server_log.level
-    caplog.set_level(logging.DEBUG)  # the root passes everything, so only the level the client sets filters
+    heard: list[LoggingMessageNotificationParams] = []
+    saved: dict[str, anyio.Event] = {}
 
-    def since(mark: int) -> list[logging.LogRecord]:
-        return [r for r in caplog.records[mark:] if r.name.startswith("kling_mcp")]
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        heard.append(params)
+        if isinstance(params.data, dict) and "saved" in params.data["message"]:
+            saved.setdefault(params.data["request_id"], anyio.Event()).set()
 
-    try:
-        async with Client(build_server(settings), mode="legacy") as client:
-            await client.set_logging_level("info")
-            # One ERROR, then a free resubmit: the engine notes the resubmit at INFO.
-            heard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] heard"})
-            noted = [r.levelname for r in since(0) if "resubmitting" in r.getMessage()]
-            mark = len(caplog.records)
-            await client.set_logging_level("error")
-            unheard = await client.call_tool("generate_video", {"prompt": "[sandbox:error-once] unheard"})
-            below_error = [r.getMessage() for r in since(mark) if r.levelno < logging.ERROR]
-    finally:
-        server_log.setLevel(before)
-    assert noted == ["INFO"]
-    for result in (heard, unheard):
+    def said_of(rid: str) -> list[tuple[str, str]]:
+        return [(p.level, p.data["message"]) for p in heard if isinstance(p.data, dict) and p.data["request_id"] == rid]
+
+    async def made(prompt: str) -> str:
+        result = await client.call_tool("generate_video", {"prompt": prompt})
         assert result.structured_content is not None
-        assert result.structured_content["attempts"] == 2
-    assert below_error == []
+        assert result.structured_content["attempts"] == 2  # one ERROR, then a free resubmit
+        return str(result.structured_content["request_id"])
+
+    async with Client(build_server(settings), mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("info")
+        loud = await made("[sandbox:error-once] heard")
+        await client.set_logging_level("error")
+        quiet = await made("[sandbox:error-once] unheard")
+        await client.set_logging_level("info")
+        # Messages to one session keep their order: once the last job's are in, the quiet one's would be too.
+        last = await made("[sandbox:error-once] heard again")
+        with anyio.fail_after(10):
+            for rid in (loud, last):
+                await saved.setdefault(rid, anyio.Event()).wait()
+    assert server_log.level == before, "a client's setLevel changed the server's own log"
+    levels = {level for level, _ in said_of(loud)}
+    assert levels == {"info", "warning"}
+    assert ("warning", f"Job {loud}: attempt 1 ended ERROR (not charged); resubmitted") in said_of(loud)
+    assert said_of(loud)[-1] == ("info", f"Job {loud} completed and saved")
+    assert said_of(quiet) == []
+    assert {p.logger for p in heard} == {"kling_mcp.jobs"}
 
 
 async def test_legacy_initialize_advertises_list_changed_and_subscribe(settings: Settings) -> None:

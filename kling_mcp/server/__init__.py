@@ -9,10 +9,12 @@
 - ``schema``: how tool schemas are listed, and argument errors explained
 - ``protocol``: legacy protocol methods and completion
 - ``http``: bearer auth, DNS-rebinding protection, webhook and health routes
+- ``logs``: the stderr log, with webhook tokens redacted
 - ``sdk``: the one adapter for what the SDK does not make public
 """
 
-from kling_mcp.server.app import build_server, log_to_stderr
+from kling_mcp.server.app import build_server
 from kling_mcp.server.http import LOOPBACK_HOSTS, http_security
+from kling_mcp.server.logs import log_to_stderr, uvicorn_log_config
 
-__all__ = ["LOOPBACK_HOSTS", "build_server", "http_security", "log_to_stderr"]
+__all__ = ["LOOPBACK_HOSTS", "build_server", "http_security", "log_to_stderr", "uvicorn_log_config"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,8 +18,8 @@ from kling_mcp import __version__, limits
 from kling_mcp.config import Settings
 from kling_mcp.server.http import auth_options, register_routes
 from kling_mcp.server.notify import Notifier, OwnerBus
-from kling_mcp.server.protocol import LegacyMethods, register_completion
-from kling_mcp.server.resources import register_resources
+from kling_mcp.server.protocol import CallerKind, LegacyMethods, register_completion
+from kling_mcp.server.resources import BlobReads, register_resources
 from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
 from kling_mcp.server.state import AppState, Startup, StateRef
 from kling_mcp.server.tools import TOOLS
@@ -97,20 +95,10 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         lifespan=lifespan,
         subscriptions=bus,
         tools=_tools(),
-        middleware=[LegacyMethods()],
+        middleware=[CallerKind(), LegacyMethods(), BlobReads()],
         **auth_options(settings),
     )
-    register_routes(server, state_ref)
+    register_routes(server, state_ref, settings)
     register_resources(server, state_ref)
     register_completion(server, state_ref)
     return server
-
-
-def log_to_stderr(level: str) -> None:
-    """stdout carries the protocol in stdio mode, so every log line goes to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("kling_mcp").setLevel(level)

@@ -96,8 +96,12 @@ async def _read_capped(request: Request, cap: int) -> bytes | None:
     return body
 
 
-def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
-    """Plain HTTP routes beside /mcp (streamable HTTP only). They are outside bearer auth on purpose."""
+def register_routes(server: MCPServer[AppState], state_ref: StateRef, settings: Settings) -> None:
+    """Plain HTTP routes beside /mcp (streamable HTTP only). They are outside bearer auth on purpose.
+
+    The webhook route exists only while webhooks are on (KLING_MCP_PUBLIC_URL): otherwise its path is as unknown
+    as any other, and a leaked old URL reaches nothing.
+    """
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
@@ -106,6 +110,11 @@ def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
         ok = state_ref.current is not None and state_ref.current.startup.ready
         return JSONResponse({"ok": ok, "version": __version__})
 
+    if settings.public_url:
+        _register_webhook(server, state_ref)
+
+
+def _register_webhook(server: MCPServer[AppState], state_ref: StateRef) -> None:
     @server.custom_route(WEBHOOK_PATH + "{token}", methods=["POST"])  # type: ignore[untyped-decorator]
     async def webhook(request: Request) -> Response:
         state = state_ref.current
@@ -122,5 +131,6 @@ def register_routes(server: MCPServer[AppState], state_ref: StateRef) -> None:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         if not isinstance(data, dict):
             return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
+        # The body only rings the job's doorbell: the engine polls the gateway and applies that answer.
         code, reason = await (await state.runtime()).engine.on_webhook(request.path_params["token"], data)
-        return JSONResponse({"ok": code == 200, "detail": reason}, status_code=code)
+        return JSONResponse({"ok": code < 300, "detail": reason}, status_code=code)

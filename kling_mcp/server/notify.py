@@ -1,7 +1,9 @@
 """Job changes fanned out to clients of both protocol eras, each told only of its owner's jobs.
 
 2026 clients listen on the subscription bus; legacy (handshake) clients get notifications on their session, for
-the URIs they subscribed to and for list changes.
+the URIs they subscribed to and for list changes, and, once they have sent ``logging/setLevel``, log messages
+(``notifications/message``) about jobs at that level and above. A legacy session is forgotten when its connection
+closes.
 """
 
 from __future__ import annotations
@@ -9,17 +11,41 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, get_args
 
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
+from mcp.types import LoggingLevel, LoggingMessageNotification, LoggingMessageNotificationParams
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from kling_mcp.models import Job
+from kling_mcp.models import GATEWAY_FAILED, Job
 from kling_mcp.server import sdk
 from kling_mcp.server.owners import owner_of
 from kling_mcp.server.uris import job_uri
 
 log = logging.getLogger("kling_mcp")
+
+LOG_LEVELS: Final[tuple[LoggingLevel, ...]] = get_args(LoggingLevel)  # severity ascending (RFC 5424)
+LOG_TEXT_MAX_CHARS = 400
+JOB_LOGGER = "kling_mcp.jobs"
+
+
+def news_of(job: Job, before: tuple[str, int, str] | None) -> tuple[LoggingLevel, str] | None:
+    """What a client's log hears of this change: (level, text), or None when nothing it would notice changed."""
+    if job.status == "submitting" or before == (job.status, job.attempts, job.download_state):
+        return None
+    if job.status in GATEWAY_FAILED:
+        return "error", f"Job {job.id} ended {job.status.upper()}: {job.error or 'no detail'}"[:LOG_TEXT_MAX_CHARS]
+    if job.status == "unknown":
+        return "warning", f"Job {job.id}: outcome unknown. {job.error or ''}"[:LOG_TEXT_MAX_CHARS]
+    if before is not None and job.attempts > before[1] > 0:
+        return "warning", f"Job {job.id}: attempt {before[1]} ended ERROR (not charged); resubmitted"
+    if job.status == "completed" and job.download_state == "failed":
+        return "warning", f"Job {job.id} completed; its download failed: {job.download_error}"[:LOG_TEXT_MAX_CHARS]
+    if job.status == "completed":
+        saved = {"done": " and saved", "off": ""}.get(job.download_state, ", downloading the video")
+        return "info", f"Job {job.id} completed{saved}"
+    return "info", f"Job {job.id} is {job.status}"
 
 
 class OwnerBus:
@@ -62,7 +88,9 @@ class Notifier:
     bus: OwnerBus
     legacy: dict[int, tuple[ServerSession, set[str]]] = field(default_factory=dict)
     owners: dict[int, str] = field(default_factory=dict)  # a legacy connection's owner, set on each of its requests
+    levels: dict[int, LoggingLevel] = field(default_factory=dict)  # connection key -> the level it asked for
     _seen: set[str] = field(default_factory=set)
+    _said: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # job id -> what news_of last saw
 
     def remember(self, session: ServerSession, owner: str) -> set[str]:
         """The URIs a legacy session subscribed to (a fresh set for a new one); modern sessions have none."""
@@ -73,7 +101,25 @@ class Notifier:
         entry = self.legacy.get(key)
         if entry is None:
             entry = self.legacy[key] = (session, set())
+            sdk.on_close(session, lambda: self.forget(key))
         return entry[1]
+
+    def forget(self, key: int) -> None:
+        """A legacy connection closed: nothing more is sent to it (and its key may name a new one later)."""
+        self.legacy.pop(key, None)
+        self.levels.pop(key, None)
+        self.owners.pop(key, None)
+
+    def set_level(self, session: ServerSession, owner: str, level: LoggingLevel) -> None:
+        """This session's log level (``logging/setLevel``); other sessions and the server's own log keep theirs."""
+        if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return  # 2026 clients opt in per request; there is no session to keep a level on
+        self.remember(session, owner)
+        self.levels[sdk.connection_key(session)] = level
+
+    def _hears(self, key: int, level: LoggingLevel) -> bool:
+        wanted = self.levels.get(key)
+        return wanted is not None and LOG_LEVELS.index(level) >= LOG_LEVELS.index(wanted)
 
     async def on_job(self, job: Job) -> None:
         """The engine's listener: a new job (or a resubmitted one) also changes the list."""
@@ -81,11 +127,20 @@ class Notifier:
         self._seen.add(job.job_id)
         await self.job_changed(job, listed=listed)
 
+    def _news(self, job: Job) -> tuple[LoggingLevel, str] | None:
+        news = news_of(job, self._said.get(job.job_id))
+        if job.settled:
+            self._said.pop(job.job_id, None)  # nothing more comes by itself: keep no state for it
+        else:
+            self._said[job.job_id] = (job.status, job.attempts, job.download_state)
+        return news
+
     async def job_changed(self, job: Job, *, listed: bool) -> None:
         uri = job_uri(job.id)
         await self.bus.publish_to(job.owner, ResourceUpdated(uri=uri))
         if listed:
             await self.bus.publish_to(job.owner, ResourcesListChanged())
+        news = self._news(job)
         for key, (session, uris) in list(self.legacy.items()):
             if self.owners.get(key) != job.owner:
                 continue
@@ -94,5 +149,15 @@ class Notifier:
                     await session.send_resource_updated(uri)
                 if listed:
                     await session.send_resource_list_changed()
+                if news is not None and self._hears(key, news[0]):
+                    await session.send_notification(_log_message(job, *news))
             except Exception:  # best effort: a gone client must not disturb the job
                 log.debug("legacy notification failed", exc_info=True)
+
+
+def _log_message(job: Job, level: LoggingLevel, text: str) -> LoggingMessageNotification:
+    # send_notification, not the deprecated send_log_message: the same message, without a warning per call.
+    data = {"message": text, "request_id": job.id, "status": job.status}
+    return LoggingMessageNotification(
+        params=LoggingMessageNotificationParams(level=level, data=data, logger=JOB_LOGGER)
+    )

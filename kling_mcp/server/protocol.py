@@ -8,7 +8,6 @@ sessions although this server does send list changes. Completion uses MCPServer'
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from mcp.server import ServerRequestContext
@@ -26,6 +25,7 @@ from mcp.types import (
 )
 
 from kling_mcp.server.owners import owner_of
+from kling_mcp.server.results import REMOTE_CALLER
 from kling_mcp.server.state import AppState, StateRef
 
 COMPLETION_MAX = 100
@@ -62,9 +62,10 @@ def _unsubscribe(ctx: ServerRequestContext[AppState, Any]) -> None:
 
 
 def _set_level(ctx: ServerRequestContext[AppState, Any]) -> None:
-    # Server logs go to stderr; the level the client asks for sets how much is written there.
-    level = SetLevelRequestParams.model_validate(ctx.params or {}).level.upper()
-    logging.getLogger("kling_mcp").setLevel(level if level in logging.getLevelNamesMapping() else "ERROR")
+    # The level is this session's: it decides which job messages this client is sent (notify.py). The server's own
+    # stderr log stays at KLING_MCP_LOG_LEVEL whoever asks, so one client cannot silence or flood it for others.
+    level = SetLevelRequestParams.model_validate(ctx.params or {}).level
+    ctx.lifespan_context.notifier.set_level(ctx.session, owner_of(ctx), level)
 
 
 _HANDLERS = {
@@ -72,6 +73,21 @@ _HANDLERS = {
     "resources/unsubscribe": _unsubscribe,
     "logging/setLevel": _set_level,
 }
+
+
+class CallerKind:
+    """Server middleware: a request that came over HTTP is a remote caller's (``results.REMOTE_CALLER``).
+
+    Any HTTP caller counts as remote, loopback ones included: a client on the same machine speaking HTTP may still
+    be another user. stdio and in-memory callers run where the server's files are, and see their full paths.
+    """
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        token = REMOTE_CALLER.set(ctx.request is not None)
+        try:
+            return await call_next(ctx)
+        finally:
+            REMOTE_CALLER.reset(token)
 
 
 class LegacyMethods:

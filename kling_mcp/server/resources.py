@@ -3,9 +3,11 @@
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
+from mcp.server import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
@@ -13,7 +15,7 @@ from kling_mcp.errors import KlingError
 from kling_mcp.models import Job
 from kling_mcp.previews import MediaWorker, local_video
 from kling_mcp.server.owners import owner_of
-from kling_mcp.server.results import job_result
+from kling_mcp.server.results import job_result, shown_path
 from kling_mcp.server.state import AppState, StateRef, runtime_of
 from kling_mcp.server.uris import JOB_URI_PREFIX, JOBS_URI
 
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 
 VIDEO_BLOB_MAX_BYTES = 20 * 1024**2
 CHAIN_MAX = 100
+# Blob reads served at once. Each holds its file in memory, then again base64-encoded: up to about 47 MB for a
+# video. More readers wait their turn rather than taking N times that together.
+BLOB_READS_MAX = 2
 
 # Images of a finished job: (URI suffix, title, description, MIME type, the MediaWorker method that makes it).
 FRAME_RESOURCES: tuple[tuple[str, str, str, str, Callable[[MediaWorker, Job], Awaitable[Path]]], ...] = (
@@ -47,6 +52,33 @@ FRAME_RESOURCES: tuple[tuple[str, str, str, str, Callable[[MediaWorker, Job], Aw
         MediaWorker.last_frame,
     ),
 )
+BLOB_SUFFIXES = frozenset({"video", *(suffix for suffix, *_ in FRAME_RESOURCES)})
+
+
+async def read_blob(path: Path) -> bytes:
+    return await anyio.Path(path).read_bytes()
+
+
+def _is_blob(uri: str) -> bool:
+    rest = uri.removeprefix(JOB_URI_PREFIX)
+    return rest != uri and "/" in rest and rest.rsplit("/", 1)[1] in BLOB_SUFFIXES
+
+
+class BlobReads:
+    """Server middleware: at most BLOB_READS_MAX blob resources (video, images) are read and encoded at once.
+
+    Middleware rather than a limit in the handlers: the SDK base64-encodes the bytes after the handler returns, and
+    that copy is the larger one.
+    """
+
+    def __init__(self, limit: int = BLOB_READS_MAX) -> None:
+        self.limiter = anyio.CapacityLimiter(limit)
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "resources/read" or not _is_blob(str((ctx.params or {}).get("uri", ""))):
+            return await call_next(ctx)
+        async with self.limiter:
+            return await call_next(ctx)
 
 
 async def _job(runtime: "Runtime", request_id: str, ctx: Context[AppState]) -> Job:
@@ -89,9 +121,9 @@ async def video_resource(request_id: str, ctx: Context[AppState]) -> bytes:
     if size > VIDEO_BLOB_MAX_BYTES:
         raise ResourceError(
             f"The video is {size / 1024**2:.1f} MB, above the {VIDEO_BLOB_MAX_BYTES // 1024**2} MB blob limit. "
-            f"Open it at {path} or {job.media_url}."
+            f"Open it at {shown_path(path, runtime.settings)} or {job.media_url}."
         )
-    return await anyio.Path(path).read_bytes()
+    return await read_blob(path)
 
 
 def _frame_resource(
@@ -101,7 +133,7 @@ def _frame_resource(
         runtime = await runtime_of(ctx)
         job = await _job(runtime, request_id, ctx)
         try:
-            return await anyio.Path(await make(runtime.media, job)).read_bytes()
+            return await read_blob(await make(runtime.media, job))
         except KlingError as exc:
             raise ResourceError(str(exc)) from None
 

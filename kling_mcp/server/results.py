@@ -3,9 +3,11 @@
 import base64
 import logging
 import time
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +31,23 @@ WAIT_SECONDS_MAX = 50
 TEXT_MAX_CHARS = 2500
 ERROR_TEXT_MAX_CHARS = 600
 MEDIA_URL_TEXT_MAX_CHARS = 1000  # a longer (signed) URL is left to the structured result once the file is saved
+
+# Whether the request being answered came from a remote (HTTP) caller; set per request by protocol.CallerKind. The
+# server's folders are not a remote caller's to know, so results name its files relative to the output folder.
+REMOTE_CALLER: ContextVar[bool] = ContextVar("kling_mcp_remote_caller", default=False)
+
+
+def shown_path(path: str | Path | None, settings: Settings) -> str | None:
+    """A server file as the caller sees it: the absolute path for a local (stdio) caller; for a remote one, the
+    path relative to the output folder, or only the file name for a file elsewhere."""
+    if path is None or not REMOTE_CALLER.get():
+        return None if path is None else str(path)
+    file = Path(path)
+    out = settings.resolved_output_dir
+    for base in dict.fromkeys((out.absolute(), out.resolve())):
+        if file.is_relative_to(base):
+            return file.relative_to(base).as_posix()
+    return file.name
 
 
 def wait_budget(requested: float | None, settings: Settings) -> float:
@@ -147,7 +166,7 @@ def job_result(job: Job, *, runtime: "Runtime", reused: bool = False) -> JobResu
         status=job.status,
         done=job.settled,
         media_url=job.media_url,
-        local_path=job.local_path,
+        local_path=shown_path(job.local_path, runtime.settings),
         resource_uri=job_uri(job.id),
         mode=job.mode,
         params=_params(job),
@@ -214,7 +233,7 @@ def _preview_uri(job: Job) -> str:
 def _where_lines(result: JobResult, job: Job) -> list[str]:
     url = result.media_url or ""
     if result.local_path:
-        lines = [f"Saved to: {result.local_path}"]
+        lines = [_saved_line(result.local_path, job_uri(job.id, "video"))]
         lines.append(
             f"Media URL: {url}"
             if len(url) <= MEDIA_URL_TEXT_MAX_CHARS
@@ -227,6 +246,12 @@ def _where_lines(result: JobResult, job: Job) -> list[str]:
     else:
         state = f"Not saved locally (download: {result.download}); the URL may expire"
     return [f"{state}. Media URL: {url}", f"Job resource: {result.resource_uri}"]
+
+
+def _saved_line(path: str, resource: str) -> str:
+    if REMOTE_CALLER.get():
+        return f"Saved on the server as {path} (in its output folder); read it as the resource {resource}."
+    return f"Saved to: {path}"
 
 
 def _state_lines(result: JobResult, job: Job) -> list[str]:
@@ -312,7 +337,11 @@ def _job_links(result: JobResult, job: Job) -> list[ResourceLink]:
             )
         )
     if result.local_path:
-        links.append(file_link(Path(result.local_path), size=job.size_bytes))
+        if REMOTE_CALLER.get():  # a file: URI would name the server's folders, and no remote client can open it
+            video = job_uri(job.id, "video")
+            links.append(ResourceLink(type="resource_link", uri=video, name=f"{job.id}.mp4", mime_type="video/mp4"))
+        else:
+            links.append(file_link(Path(result.local_path), size=job.size_bytes))
         preview = _preview_uri(job)
         links.append(
             ResourceLink(type="resource_link", uri=preview, name=preview.rsplit("/", 1)[1], mime_type="image/jpeg")
@@ -336,15 +365,22 @@ async def _preview_image(job: Job, runtime: "Runtime") -> list[ImageContent]:
     return [ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/jpeg")]
 
 
-def film_result(film_out: FilmOut, method_text: str, *, links: bool) -> CallToolResult:
+def film_result(film_out: FilmOut, method_text: str, *, links: bool, settings: Settings) -> CallToolResult:
+    remote = REMOTE_CALLER.get()
+    if remote:  # the file relative to the output folder, its URI as a relative reference to it
+        relative = shown_path(film_out.path, settings) or ""
+        film_out = film_out.model_copy(update={"path": relative, "uri": quote(relative)})
+    saved = (
+        f"Saved on the server as {film_out.path} (in its output folder)." if remote else f"Saved to: {film_out.path}"
+    )
     text = (
         f"Joined {len(film_out.request_ids)} clips ({method_text}): {film_out.duration_s:.1f} s, "
         f"{film_out.width}x{film_out.height}, {film_out.size_bytes / 1e6:.1f} MB.\n"
-        f"Saved to: {film_out.path}\n"
+        f"{saved}\n"
         "Free: made locally, no gateway request and nothing billed.\n"
         "Next: play or share the file above; it is local only (no media URL or job resource)."
     )
     content: list[Any] = [TextContent(type="text", text=text)]
-    if links:
+    if links and not remote:
         content.append(file_link(Path(film_out.path), size=film_out.size_bytes))
     return CallToolResult(content=content, structured_content=film_out.model_dump(mode="json"))

@@ -22,6 +22,7 @@ from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
 from kling_mcp.server.owners import owner_of
 from kling_mcp.server.results import (
+    REMOTE_CALLER,
     WAIT_SECONDS_MAX,
     FilmOut,
     JobList,
@@ -151,8 +152,8 @@ async def _image(runtime: "Runtime", ref: str, owner: str) -> str:
         http=runtime.http,
         video_for_job=partial(runtime.video_for_job, owner=owner),
         limiter=runtime.media.limiter,
-        # Remote (HTTP) callers may name local files only inside KLING_MCP_IMAGE_ROOTS; the local user, any.
-        local_roots=runtime.settings.image_roots if runtime.settings.remote_callers else None,
+        # Remote (HTTP) callers may name local files only inside KLING_MCP_IMAGE_ROOTS; the local user any.
+        local_roots=runtime.settings.image_roots if REMOTE_CALLER.get() else None,
     )
     return resolved.url
 
@@ -285,7 +286,7 @@ async def concat_videos(
         request_ids=[job.id for job in jobs],
     )
     how = "stream copy" if film.method == "copy" else "re-encoded, letterboxed to the first clip"
-    return film_result(out, how, links=runtime.settings.result_links)
+    return film_result(out, how, links=runtime.settings.result_links, settings=runtime.settings)
 
 
 async def check_status(
