@@ -16,7 +16,6 @@ from pydantic import Field, ValidationError
 
 from kling_mcp import limits
 from kling_mcp.errors import GatewayError, InvalidInputError, KlingError
-from kling_mcp.images import resolve_image
 from kling_mcp.models import GenerationRequest, Job, JobStatus
 from kling_mcp.previews import concat_jobs, local_video
 from kling_mcp.server.confirm import Confirmed, confirm_duration, confirm_shots, declined
@@ -147,6 +146,8 @@ async def run_generation(ctx: Context[AppState], build: RequestFactory, how: Gen
 async def _image(runtime: "Runtime", ref: str, owner: str) -> str:
     """Resolves and checks an image reference; remote URLs are read with the server's guarded HTTP client, and a
     job's frame only from the owner's own jobs."""
+    from kling_mcp.images import resolve_image  # its checks load with the first image, not before the handshake
+
     resolved = await resolve_image(
         ref,
         http=runtime.http,
