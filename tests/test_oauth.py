@@ -473,3 +473,26 @@ async def test_with_static_tokens_only_no_authorization_server_is_claimed(settin
     assert "resource_metadata" not in missing.headers["www-authenticate"]
     assert (metadata.status_code, root_metadata.status_code) == (404, 404)
     assert accepted == 200
+
+
+async def test_issuer_signed_owners_see_only_their_own_jobs(settings: Settings, issuer: Issuer) -> None:
+    from tests.test_owners import MISSING, as_missing, as_user, made, structured, text_of
+
+    secured = settings.with_(oauth_issuer=issuer.url, oauth_audience=AUDIENCE)
+    # One app, two people: the owner is the token's subject, not its client.
+    alice_token = mint(rsa_key("rsa-1"), claims_for(issuer.url, sub="alice-7f3a", client_id="team-app"))
+    bob_token = mint(ec_key("ec-1"), claims_for(issuer.url, sub="bob-19c2", client_id="team-app"))
+    with anyio.fail_after(60):
+        async with serve(secured) as base:
+            async with as_user(base, alice_token) as alice:
+                hers = (await made(alice, "alice's signed heron"))["request_id"]
+            async with as_user(base, bob_token) as bob:
+                theirs = await bob.call_tool("check_status", {"request_id": hers})
+                missing = await bob.call_tool("check_status", {"request_id": MISSING})
+                listed = structured(await bob.call_tool("list_jobs", {}))["jobs"]
+            async with as_user(base, alice_token) as alice_again:
+                own = structured(await alice_again.call_tool("list_jobs", {}))["jobs"]
+    assert theirs.is_error
+    assert as_missing(text_of(theirs), hers) == as_missing(text_of(missing), MISSING)
+    assert listed == []
+    assert [job["request_id"] for job in own] == [hers]
