@@ -28,6 +28,7 @@ CONFORMANCE_SCENARIOS=(
 
 START=$EPOCHREALTIME
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kling-mcp-3p.XXXXXX")
+export KLING_3P_WORK=$WORK  # the checks find HTTP results' files (named relative to the output folder) under it
 mkdir -p "$WORK/logs" "$WORK/out" "$WORK/home"
 SERVER_PID=""
 passed=0
@@ -101,6 +102,7 @@ cat >"$WORK/asserts.py" <<'PY'
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,6 +136,15 @@ def tools(doc):
     return f"{len(listed)} tools"
 
 
+def on_server(shown):
+    """A result's local_path: absolute for a stdio caller, relative to the server's output folder over HTTP."""
+    path = Path(shown)
+    if path.is_absolute():
+        return path
+    found = sorted(Path(os.environ["KLING_3P_WORK"]).glob(f"*/videos/{shown}"))
+    return found[0] if len(found) == 1 else path
+
+
 def job(doc, endpoint, seconds, shots, rid_file):
     result = doc["result"]
     if result.get("isError"):
@@ -148,7 +159,7 @@ def job(doc, endpoint, seconds, shots, rid_file):
         fail(f"resource_uri {s['resource_uri']!r} does not name {rid}")
     if s["params"]["endpoint"] != endpoint or len(s["params"]["shots"] or []) != int(shots):
         fail(f"params {s['params']} are not {endpoint} with {shots} shots")
-    path = Path(s["local_path"] or "")
+    path = on_server(s["local_path"] or "")
     if not s["local_path"] or not path.is_file():
         fail(f"local_path {s['local_path']!r} does not exist")
     data = path.read_bytes()
@@ -160,7 +171,7 @@ def job(doc, endpoint, seconds, shots, rid_file):
     text = " ".join(c.get("text", "") for c in result["content"] if c.get("type") == "text")
     if any(c.get("type") == "resource_link" for c in result["content"]):
         fail("a resource_link block although KLING_MCP_RESULT_LINKS is off")
-    if s["resource_uri"] not in text or str(path) not in text:
+    if s["resource_uri"] not in text or s["local_path"] not in text:
         fail(f"the text does not name the job resource and the local file: {text[:300]!r}")
     Path(rid_file).write_text(rid)
     return f"{rid[-12:]} completed, {len(data)} B mp4"
@@ -174,7 +185,7 @@ def resource(doc, rid_file):
     if contents[0].get("mimeType") != "application/json":
         fail(f"mimeType {contents[0].get('mimeType')!r}")
     j = json.loads(contents[0]["text"])
-    if j["request_id"] != rid or j["status"] != "completed" or not Path(j["local_path"]).is_file():
+    if j["request_id"] != rid or j["status"] != "completed" or not on_server(j["local_path"]).is_file():
         fail(f"resource is not the completed job {rid} with its file: {j}")
     return f"{rid[-12:]} {j['status']}, local_path exists"
 
