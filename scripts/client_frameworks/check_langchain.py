@@ -76,7 +76,7 @@ def _text(message: Any) -> str:
     return "".join(str(b.get("text", "")) if isinstance(b, dict) else str(b) for b in content)
 
 
-async def stateless(report: common.Report, conn: dict[str, Any]) -> None:
+async def stateless(report: common.Report, conn: dict[str, Any], videos: Path) -> None:
     """A job started in one call (1 s wait) must finish in a later call's check_status, each call its own session."""
     tools = {t.name: t for t in await MultiServerMCPClient({"kling": conn}).get_tools()}
     args = common.generate_args(f"langchain stateless {report.transport}", wait_seconds=1)
@@ -98,7 +98,9 @@ async def stateless(report: common.Report, conn: dict[str, Any]) -> None:
     )
     job = (later.artifact or {}).get("structured_content") or {}
     local = job.get("local_path")
-    good = job.get("status") == "completed" and job.get("download") == "saved" and bool(local) and Path(local).is_file()
+    # Over HTTP a result names the file relative to the server's output folder (``videos``); over stdio in full.
+    saved = bool(local) and (videos / str(local)).is_file()
+    good = job.get("status") == "completed" and job.get("download") == "saved" and saved
     report.expect(
         "d stateless",
         good,
@@ -113,10 +115,12 @@ async def run(report: common.Report, root: Path) -> None:
         with common.http_server(root) as url:
             await checks(report, connection("http", root, url))
         with common.http_server(root / "stateless", STATELESS_SCALE) as url:
-            await stateless(report, connection("http", root, url))
+            await stateless(report, connection("http", root, url), root / "stateless" / "videos")
     else:
         await checks(report, connection("stdio", root, None))
-        await stateless(report, connection("stdio", root / "stateless", None, STATELESS_SCALE))
+        await stateless(
+            report, connection("stdio", root / "stateless", None, STATELESS_SCALE), root / "stateless" / "videos"
+        )
 
 
 def main() -> None:
