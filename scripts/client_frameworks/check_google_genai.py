@@ -6,7 +6,6 @@ tools itself (``mcp_to_gemini_tools``) and calls them through the session.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,14 +94,8 @@ async def checks(report: common.Report, s: ClientSession) -> None:
         f"no request reached the model: {type(error).__name__}: {common.one_line(error or '')}",
     )
     common.judge_generate(report, common.seen_tool_result(requests, 0), error=error)
-    script = [("storyboard", common.INVALID_STORYBOARD_ARGS), ("check_status", common.CHECK_UNKNOWN_ARGS)]
-    requests, error = await gemini_run(s, script)
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 0), "c invalid storyboard", common.STORYBOARD_NEEDLES, error
-    )
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 1), "c unknown check_status", common.UNKNOWN_NEEDLES, error
-    )
+    requests, error = await gemini_run(s, common.ERROR_SCRIPT)
+    common.judge_error_script(report, requests, error)
 
 
 async def stripped(report: common.Report, s: ClientSession) -> None:
@@ -127,14 +120,7 @@ async def run(report: common.Report, root: Path) -> None:
 
 
 def main() -> None:
-    opts = common.args()
-    report = common.Report("google-genai", opts.transport)
-    with common.workdir() as root:
-        try:
-            asyncio.run(run(report, root))
-        except Exception as exc:
-            report.crash("session", common.first_error(exc))
-    report.finish()
+    common.main("google-genai", run)
 
 
 if __name__ == "__main__":

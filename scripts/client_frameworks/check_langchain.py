@@ -59,14 +59,8 @@ async def checks(report: common.Report, conn: dict[str, Any]) -> None:
     )
     common.judge_generate(report, common.seen_tool_result(requests, 0), error=error)
 
-    script = [("storyboard", common.INVALID_STORYBOARD_ARGS), ("check_status", common.CHECK_UNKNOWN_ARGS)]
-    requests, error = await agent_run(tools, script)
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 0), "c invalid storyboard", common.STORYBOARD_NEEDLES, error
-    )
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 1), "c unknown check_status", common.UNKNOWN_NEEDLES, error
-    )
+    requests, error = await agent_run(tools, common.ERROR_SCRIPT)
+    common.judge_error_script(report, requests, error)
 
 
 def _text(message: Any) -> str:
@@ -124,14 +118,7 @@ async def run(report: common.Report, root: Path) -> None:
 
 
 def main() -> None:
-    opts = common.args()
-    report = common.Report("langchain-mcp-adapters", opts.transport)
-    with common.workdir() as root:
-        try:
-            asyncio.run(run(report, root))
-        except Exception as exc:
-            report.crash("session", common.first_error(exc))
-    report.finish()
+    common.main("langchain-mcp-adapters", run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import os
 
 os.environ["MCP_USE_ANONYMIZED_TELEMETRY"] = "false"  # its telemetry would post to a remote gateway
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,8 @@ async def checks(report: common.Report, cfg: dict[str, Any]) -> None:
         f"tools sent to the model: {sent}" + (f"; {type(error).__name__}: {common.one_line(error)}" if error else ""),
     )
     common.judge_generate(report, common.seen_tool_result(requests, 0), error=error)
-    script = [("storyboard", common.INVALID_STORYBOARD_ARGS), ("check_status", common.CHECK_UNKNOWN_ARGS)]
-    requests, error = await agent_run(cfg, script)
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 0), "c invalid storyboard", common.STORYBOARD_NEEDLES, error
-    )
-    common.judge_readable(
-        report, common.seen_tool_result(requests, 1), "c unknown check_status", common.UNKNOWN_NEEDLES, error
-    )
+    requests, error = await agent_run(cfg, common.ERROR_SCRIPT)
+    common.judge_error_script(report, requests, error)
 
 
 async def run(report: common.Report, root: Path) -> None:
@@ -67,14 +60,7 @@ async def run(report: common.Report, root: Path) -> None:
 
 
 def main() -> None:
-    opts = common.args()
-    report = common.Report("mcp-use", opts.transport)
-    with common.workdir() as root:
-        try:
-            asyncio.run(run(report, root))
-        except Exception as exc:
-            report.crash("session", common.first_error(exc))
-    report.finish()
+    common.main("mcp-use", run)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ default the way a live one (65-75 s) does.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -114,14 +113,8 @@ async def checks(report: common.Report, server: Any) -> None:
             "list_jobs shows the job the timed-out call started",
             f"the job is not in list_jobs: {text[:300]!r}",
         )
-        script = [("storyboard", common.INVALID_STORYBOARD_ARGS), ("check_status", common.CHECK_UNKNOWN_ARGS)]
-        requests, error = await agent_run(server, script)
-        common.judge_readable(
-            report, common.seen_tool_result(requests, 0), "c invalid storyboard", common.STORYBOARD_NEEDLES, error
-        )
-        common.judge_readable(
-            report, common.seen_tool_result(requests, 1), "c unknown check_status", common.UNKNOWN_NEEDLES, error
-        )
+        requests, error = await agent_run(server, common.ERROR_SCRIPT)
+        common.judge_error_script(report, requests, error)
 
 
 async def raised_timeout(report: common.Report, server: Any) -> None:
@@ -147,14 +140,7 @@ async def run(report: common.Report, root: Path) -> None:
 
 def main() -> None:
     set_tracing_disabled(True)
-    opts = common.args()
-    report = common.Report("openai-agents", opts.transport)
-    with common.workdir() as root:
-        try:
-            asyncio.run(run(report, root))
-        except Exception as exc:
-            report.crash("session", common.first_error(exc))
-    report.finish()
+    common.main("openai-agents", run)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ The tools as pydantic-ai converts them are read from the first request the model
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,8 @@ async def checks(report: common.Report, tools: MCPToolset[Any]) -> None:
             + (f"; {type(error).__name__}: {common.one_line(error)}" if error else ""),
         )
         common.judge_generate(report, common.seen_tool_result(requests, 0), error=error)
-        script = [("storyboard", common.INVALID_STORYBOARD_ARGS), ("check_status", common.CHECK_UNKNOWN_ARGS)]
-        requests, error = await agent_run(tools, script)
-        common.judge_readable(
-            report, common.seen_tool_result(requests, 0), "c invalid storyboard", common.STORYBOARD_NEEDLES, error
-        )
-        common.judge_readable(
-            report, common.seen_tool_result(requests, 1), "c unknown check_status", common.UNKNOWN_NEEDLES, error
-        )
+        requests, error = await agent_run(tools, common.ERROR_SCRIPT)
+        common.judge_error_script(report, requests, error)
 
 
 async def run(report: common.Report, root: Path) -> None:
@@ -71,14 +64,7 @@ async def run(report: common.Report, root: Path) -> None:
 
 
 def main() -> None:
-    opts = common.args()
-    report = common.Report("pydantic-ai", opts.transport)
-    with common.workdir() as root:
-        try:
-            asyncio.run(run(report, root))
-        except Exception as exc:
-            report.crash("session", common.first_error(exc))
-    report.finish()
+    common.main("pydantic-ai", run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +341,29 @@ def mcp_content_view(blocks: list[dict[str, Any]], where: int = 0) -> Seen:
     images = [_image_bytes(str(b.get("data", ""))) for b in blocks if b.get("type") == "image"]
     other = [str(b.get("type")) for b in blocks if b.get("type") not in ("text", "image")]
     return Seen(text, images, other, where)
+
+
+# The invalid storyboard and the unknown check_status, in that order: what (c) feeds a framework's model script.
+ERROR_SCRIPT: list[tuple[str, dict[str, Any]]] = [
+    ("storyboard", INVALID_STORYBOARD_ARGS),
+    ("check_status", CHECK_UNKNOWN_ARGS),
+]
+
+
+def judge_error_script(report: Report, requests: list[dict[str, Any]], error: BaseException | None) -> None:
+    """(c) for a run of ERROR_SCRIPT: both errors reached the model as readable sentences."""
+    judge_readable(report, seen_tool_result(requests, 0), "c invalid storyboard", STORYBOARD_NEEDLES, error)
+    judge_readable(report, seen_tool_result(requests, 1), "c unknown check_status", UNKNOWN_NEEDLES, error)
+
+
+def main(framework: str, run: Callable[[Report, Path], Awaitable[None]]) -> None:
+    """A check script's entry point: ``--transport``, a work folder, ``run``, then the report (exit 1 on a failure)."""
+    import asyncio
+
+    report = Report(framework, args().transport)
+    with workdir() as root:
+        try:
+            asyncio.run(run(report, root))
+        except Exception as exc:
+            report.crash("session", first_error(exc))
+    report.finish()
