@@ -26,6 +26,7 @@ MODE_SETTINGS: Final[tuple[str, ...]] = get_args(ModeSetting)
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
+DEFAULT_MEDIA_ORIGINS = ("https://*.pixazo.ai",)
 SANDBOX_KEY = "sk_sandbox_local"
 WEBHOOK_PATH = "/webhooks/pixazo/"  # under KLING_MCP_PUBLIC_URL, followed by a per-job token
 
@@ -236,6 +237,12 @@ class Settings:
     webhook_poll_interval: float = field(default=60.0, metadata=_env("KLING_MCP_WEBHOOK_POLL_INTERVAL", _number(0.05)))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_env("KLING_MCP_ALLOWED_HOSTS", _items))
     allowed_origins: tuple[str, ...] = field(default=(), metadata=_env("KLING_MCP_ALLOWED_ORIGINS", _items))
+    # origins the player (MCP App) may load live-mode media from: the gateway's CDN is undocumented, so its domain
+    media_origins: tuple[str, ...] = field(
+        default=DEFAULT_MEDIA_ORIGINS, metadata=_env("KLING_MCP_MEDIA_ORIGINS", _items)
+    )
+    # signs the player's short-lived media URLs; unset: a random key per process (set one shared by all replicas)
+    media_secret: str | None = field(default=None, repr=False, metadata=_env("KLING_MCP_MEDIA_SECRET", _text))
     sandbox_time_scale: float = field(default=20.0, metadata=_env("KLING_MCP_SANDBOX_TIME_SCALE", _number(0.001)))
     sandbox_render_size: tuple[int, int] | None = field(
         default=None, metadata=_env("KLING_MCP_SANDBOX_RENDER_SIZE", _size)

@@ -136,6 +136,11 @@ class GenerationRequest(BaseModel):
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def is_digest(text: str | None) -> bool:
+    """Whether the ledger keeps only the digest of this text (an inline image once final, anything after retention)."""
+    return text is not None and _DIGEST.fullmatch(text) is not None
+
+
 def digest(data: bytes) -> str:
     """What the ledger keeps of something it no longer holds: ``sha256:`` and the hex digest."""
     return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -18,6 +18,7 @@ from kling_mcp import __version__, limits
 from kling_mcp.config import Settings
 from kling_mcp.server.http import auth_options, register_routes
 from kling_mcp.server.notify import Notifier, OwnerBus
+from kling_mcp.server.player import Player, tool_meta
 from kling_mcp.server.protocol import CallerKind, LegacyMethods, register_completion
 from kling_mcp.server.resources import BlobReads, register_resources
 from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
@@ -62,7 +63,14 @@ def instructions_for(settings: Settings) -> str:
 
 
 def _tools() -> list[Tool]:
-    return [shape_tool(Tool.from_function(spec.fn, title=spec.title, annotations=spec.annotations)) for spec in TOOLS]
+    return [
+        shape_tool(
+            Tool.from_function(
+                spec.fn, title=spec.title, annotations=spec.annotations, meta=tool_meta(spec.fn.__name__)
+            )
+        )
+        for spec in TOOLS
+    ]
 
 
 def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None) -> KlingServer:
@@ -72,6 +80,7 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
     """
     bus = OwnerBus()
     state_ref = StateRef()
+    player = Player(settings, state_ref)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
@@ -95,10 +104,12 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         lifespan=lifespan,
         subscriptions=bus,
         tools=_tools(),
-        middleware=[CallerKind(), LegacyMethods(), BlobReads()],
+        middleware=[CallerKind(), LegacyMethods(), BlobReads(), player.gate],
+        extensions=[player.extension],
         **auth_options(settings),
     )
     register_routes(server, state_ref, settings)
+    player.register_routes(server)
     register_resources(server, state_ref)
     register_completion(server, state_ref)
     return server

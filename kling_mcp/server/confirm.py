@@ -19,7 +19,7 @@ class ConfirmSpend(BaseModel):
 Confirmed = ElicitationResult[ConfirmSpend]
 
 
-def _confirm(ctx: Context[AppState], seconds: int) -> ConfirmSpend | Elicit[ConfirmSpend]:
+def confirm_seconds(ctx: Context[AppState], seconds: int) -> ConfirmSpend | Elicit[ConfirmSpend]:
     settings = ctx.request_context.lifespan_context.settings
     threshold = settings.confirm_above_seconds
     caps = ctx.client_capabilities
@@ -33,11 +33,11 @@ def _confirm(ctx: Context[AppState], seconds: int) -> ConfirmSpend | Elicit[Conf
 
 
 async def confirm_duration(duration: int, ctx: Context[AppState]) -> ConfirmSpend | Elicit[ConfirmSpend]:
-    return _confirm(ctx, duration)
+    return confirm_seconds(ctx, duration)
 
 
 async def confirm_shots(shots: list[limits.Shot], ctx: Context[AppState]) -> ConfirmSpend | Elicit[ConfirmSpend]:
-    return _confirm(ctx, sum(s.duration for s in shots))
+    return confirm_seconds(ctx, sum(s.duration for s in shots))
 
 
 def declined(confirmed: Confirmed) -> bool:

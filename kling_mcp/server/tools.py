@@ -159,7 +159,7 @@ async def _image(runtime: "Runtime", ref: str, owner: str) -> str:
     return resolved.url
 
 
-async def _get_job(runtime: "Runtime", request_id: str, owner: str) -> Job:
+async def get_job(runtime: "Runtime", request_id: str, owner: str) -> Job:
     """The owner's job; another owner's is "not found" in exactly the words of a missing one."""
     try:
         return await runtime.engine.get(request_id.strip(), owner=owner)
@@ -241,7 +241,7 @@ async def extend_video(
     confirmed: ConfirmDuration = None,  # type: ignore[assignment]
 ) -> Annotated[CallToolResult, JobOut]:
     """Next clip from the last frame of a finished job, so the motion continues; same aspect ratio."""
-    parent = await _get_job(await runtime_of(ctx), request_id, owner_of(ctx))
+    parent = await get_job(await runtime_of(ctx), request_id, owner_of(ctx))
     try:
         local_video(parent)
     except KlingError as exc:
@@ -271,7 +271,7 @@ async def concat_videos(
     """Joins finished clips in order into one local MP4. Free: no gateway request."""
     runtime = await runtime_of(ctx)
     owner = owner_of(ctx)
-    jobs = [await _get_job(runtime, rid, owner) for rid in request_ids]
+    jobs = [await get_job(runtime, rid, owner) for rid in request_ids]
     try:
         film = await concat_jobs(runtime.media, jobs, runtime.settings.resolved_output_dir, title)
     except KlingError as exc:
@@ -299,7 +299,7 @@ async def check_status(
 ) -> Annotated[CallToolResult, JobOut]:
     """A job's state, waiting up to wait_seconds for it to finish."""
     runtime = await runtime_of(ctx)
-    job = await _get_job(runtime, request_id, owner_of(ctx))
+    job = await get_job(runtime, request_id, owner_of(ctx))
     wait = wait_budget(wait_seconds, runtime.settings)
     if wait > 0 and not job.settled:
         job = await _wait_with_progress(ctx, job, wait)
