@@ -67,7 +67,7 @@ async def test_a_client_without_apps_lists_exactly_the_tools_it_always_did(setti
     ]  # fmt: skip
     assert all(t.meta is None for t in tools)
     assert refused.is_error
-    assert "Unknown tool: player_view" in refused.content[0].text
+    assert "Unknown tool: player_view" in str(refused.content[0])
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
