@@ -40,6 +40,12 @@ READS = {
     "KLING_MCP_PUBLIC_URL": ("https://me.test/", "public_url", "https://me.test"),
     "KLING_MCP_WEBHOOK_POLL_INTERVAL": ("5", "webhook_poll_interval", 5.0),
     "KLING_MCP_ALLOWED_HOSTS": ("h1,h2", "allowed_hosts", ("h1", "h2")),
+    "KLING_MCP_MEDIA_ORIGINS": (
+        "https://a.example, https://*.cdn.example",
+        "media_origins",
+        ("https://a.example", "https://*.cdn.example"),
+    ),
+    "KLING_MCP_MEDIA_SECRET": ("s3cret", "media_secret", "s3cret"),
     "KLING_MCP_ALLOWED_ORIGINS": ("https://o.test", "allowed_origins", ("https://o.test",)),
     "KLING_MCP_SANDBOX_TIME_SCALE": ("100", "sandbox_time_scale", 100.0),
     "KLING_MCP_SANDBOX_RENDER_SIZE": ("320X180", "sandbox_render_size", (320, 180)),
