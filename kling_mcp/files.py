@@ -12,15 +12,30 @@ import glob
 import os
 import re
 import secrets
+import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Created", "creating", "publish_new", "replacing", "safe_component", "safe_name", "stale_temps", "temp_path"]
+__all__ = [
+    "Created",
+    "creating",
+    "publish_new",
+    "replacing",
+    "safe_component",
+    "safe_name",
+    "slug",
+    "stale_temps",
+    "temp_path",
+    "video_name",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _TOKEN_BYTES = 4  # 8 hex digits: writers racing for one destination never pick the same temporary file
+_SLUG_MAX = 40
+_SHORT_ID = 8
 _NAME_TRIES = 1000  # "name-2.mp4" ... before giving up: far more films of one title than anyone makes
 
 
@@ -33,6 +48,27 @@ def safe_name(text: str, *, limit: int = 80) -> str:
     """A file name made only of safe characters: ids and titles never choose a path."""
     name = safe_component(text).strip("._")[:limit]
     return name or "untitled"
+
+
+def slug(text: str | None, *, limit: int = _SLUG_MAX) -> str:
+    """Lower-case ASCII words joined by ``-``, cut at a word boundary: a prompt as a file name people can read."""
+    ascii_text = unicodedata.normalize("NFKD", text or "").encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", ascii_text.lower())
+    out = ""
+    for word in words:
+        if len(out) + len(word) + (1 if out else 0) > limit:
+            break
+        out = f"{out}-{word}" if out else word
+    return out or (words[0][:limit] if words else "video")
+
+
+def video_name(created_at: float, prompt: str | None, job_id: str) -> str:
+    """``{YYYYmmdd-HHMMSS}_{slug of the prompt}_{short id}.mp4``: sorted by when it was asked for, found by what it
+    shows; the short id (the id's last hex digits, its random part) keeps two takes of one prompt apart."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created_at))
+    digits = re.sub(r"[^0-9a-f]", "", job_id.lower())
+    short = digits[-_SHORT_ID:] or safe_name(job_id, limit=_SHORT_ID)
+    return f"{stamp}_{slug(prompt)}_{short}.mp4"
 
 
 def temp_path(dest: Path) -> Path:

@@ -30,7 +30,7 @@ from kling_mcp.errors import (
     KlingError,
     NotFoundError,
 )
-from kling_mcp.files import safe_component, stale_temps
+from kling_mcp.files import stale_temps, video_name
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
@@ -467,7 +467,7 @@ class JobEngine:
         if claimed is None:
             await anyio.sleep(self.config.poll_interval)  # another process has it; look again later
             return await self.store.get(job.job_id)
-        dest = self.config.output_dir / (safe_component(job.id) + ".mp4")
+        dest = self.config.output_dir / video_name(job.created_at, job.request.title, job.id)
         # Partial files of an attempt whose process was killed: the claim makes them ours to remove.
         for stale in stale_temps(dest):
             stale.unlink(missing_ok=True)

@@ -105,6 +105,11 @@ class GenerationRequest(BaseModel):
             body["image_url"] = self.image_url
         return body
 
+    @property
+    def title(self) -> str | None:
+        """What the clip shows, in words: the prompt, or a storyboard's first shot."""
+        return self.prompt or (self.shots[0].prompt if self.shots else None)
+
     def fingerprint(self) -> str:
         """Stable hash of what would be paid for; identical requests share it."""
         canonical = json.dumps({"endpoint": self.endpoint, **self.body()}, sort_keys=True, ensure_ascii=False)
