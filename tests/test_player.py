@@ -163,6 +163,30 @@ async def test_the_signed_media_route_streams_to_its_owner_only(settings: Settin
     assert job["request_id"] not in as_bob.text
 
 
+@pytest.mark.render_size(640, 360)
+async def test_joining_a_chain_makes_a_film_its_owner_alone_can_play_over_http(settings: Settings) -> None:
+    async with serve(settings.with_(auth_tokens=TEAM)) as base:
+        with anyio.fail_after(60):
+            async with over_http(base, ALICE) as alice:
+                first = data_of(await alice.call_tool("generate_video", {"prompt": "A red kite", "duration": 3}))
+                args = {"request_id": first["request_id"], "prompt": "it climbs", "duration": 3}
+                second = data_of(await alice.call_tool("extend_video", args))
+                film = data_of(await alice.call_tool("player_join", {"request_id": second["request_id"]}))
+            async with httpx2.AsyncClient(timeout=30) as http:
+                played = await http.get(film["play_url"])
+                query = {k: v[0] for k, v in parse_qs(urlsplit(film["play_url"]).query).items()}
+                path = urlsplit(film["play_url"]).path
+                as_bob = await http.get(base + path, params={**query, "o": "bob"})
+                other = await http.get(base + path.replace("a-red-kite", "b-red-kite"), params=query)
+    assert film["request_ids"] == [first["request_id"], second["request_id"]]
+    assert film["path"] == "films/a-red-kite.mp4"  # named by the first clip's prompt
+    assert film["duration_s"] == pytest.approx(6, abs=0.3)
+    assert played.status_code == 200
+    assert len(played.content) == film["size_bytes"]
+    assert as_bob.status_code == 403
+    assert other.status_code == 403  # a signature names one film
+
+
 def test_a_signature_expires_and_names_one_job_and_owner() -> None:
     now = [1000.0]
     signer = MediaSigner("k", clock=lambda: now[0])

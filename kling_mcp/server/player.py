@@ -29,15 +29,16 @@ from pydantic import BaseModel, Field
 
 from kling_mcp.config import Settings
 from kling_mcp.errors import KlingError
+from kling_mcp.files import slug
 from kling_mcp.models import Job, is_digest
 from kling_mcp.previews import local_video
 from kling_mcp.server.confirm import Confirmed, ConfirmSpend, confirm_seconds
 from kling_mcp.server.owners import owner_of
-from kling_mcp.server.playback import MediaSigner, own_origin, register_media_route
+from kling_mcp.server.playback import FILMS_PATH, MediaSigner, own_origin, register_media_routes
 from kling_mcp.server.resources import chain_of
 from kling_mcp.server.results import REMOTE_CALLER, job_result
 from kling_mcp.server.state import AppState, StateRef, runtime_of
-from kling_mcp.server.tools import Generation, get_job, run_generation
+from kling_mcp.server.tools import Generation, concat_videos, get_job, run_generation
 
 if TYPE_CHECKING:
     from kling_mcp.runtime import Runtime
@@ -48,7 +49,7 @@ PLAYER_HTML = Path(__file__).with_name("player.html")
 PLAYER_TOOLS = frozenset(
     {"generate_video", "animate_image", "storyboard", "extend_video", "concat_videos", "check_status"}
 )
-APP_ONLY = ("player_view", "player_retake")
+APP_ONLY = ("player_view", "player_retake", "player_join")
 CHAIN_SCAN = 200  # recent jobs searched for a clip's extensions
 
 RequestId = Annotated[str, Field(min_length=1, max_length=200, description="The job's request_id.")]
@@ -96,7 +97,7 @@ class Player:
         self.gate = PlayerGate(self)
 
     def register_routes(self, server: MCPServer[AppState]) -> None:
-        register_media_route(server, self.state_ref, self.signer)
+        register_media_routes(server, self.state_ref, self.signer)
 
     async def media_origins(self, request: Any) -> list[str]:
         """The origins the player's ``<video>`` loads from, for the caller being answered."""
@@ -122,6 +123,11 @@ class Player:
             else:
                 return self.signer.url(base, job.id, job.owner)
         return job.media_url if job.status == "completed" else None
+
+    def film_url(self, name: str, owner: str, request: Any) -> str | None:
+        """Over HTTP the signed route to a joined film; a local caller has its path (no route serves it there)."""
+        base = own_origin(self.settings, request)
+        return self.signer.url(base, name, owner, route=FILMS_PATH) if base and REMOTE_CALLER.get() else None
 
 
 def _origin(url: str) -> str:
@@ -192,6 +198,7 @@ def _apps(player: Player) -> Apps:
         )
     )
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    local = ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
     @apps.tool(resource_uri=PLAYER_URI, visibility=["app"], title="Player view of a job", annotations=read_only)
     async def player_view(request_id: RequestId, ctx: Context[AppState]) -> CallToolResult:
@@ -222,6 +229,19 @@ def _apps(player: Player) -> Apps:
             return job.request
 
         result = await run_generation(ctx, build, Generation(0, None, True, confirmed, parent))
+        return result
+
+    @apps.tool(resource_uri=PLAYER_URI, visibility=["app"], title="Join a chain into one film", annotations=local)
+    async def player_join(request_id: RequestId, ctx: Context[AppState]) -> CallToolResult:
+        """Joins the clip's chain (first clip to latest extension) into one film, named by the first prompt. Free."""
+        app_only(ctx, "player_join")
+        runtime = await runtime_of(ctx)
+        chain = await _chain(runtime, await get_job(runtime, request_id, owner_of(ctx)))
+        result = await concat_videos([c.request_id for c in chain], ctx, title=slug(chain[0].prompt))
+        if result.structured_content is not None:
+            film = Path(result.structured_content["path"]).name
+            play = player.film_url(film, owner_of(ctx), ctx.request_context.request)
+            result.structured_content = {**result.structured_content, "play_url": play}
         return result
 
     return apps

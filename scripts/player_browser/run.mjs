@@ -221,6 +221,22 @@ async function main() {
   const child = await plays(gen, "the extension (child job)");
   check("the chain shows parent and extension", child.chain === 2 && child.src !== played.src, `${child.chain} clips`);
   check("the extension loads with no CSP violation", (await csp(gen)).length === 0, JSON.stringify(await csp(gen)));
+  // The chain joined from the app (free): over HTTP the film plays from the signed route, over stdio its path shows.
+  await gen.click("#join");
+  const film = await until("the joined film", () => gen.evaluate(() => document.getElementById("film").textContent));
+  check("joining the chain makes a 6 s film", /Joined 2 clips into 6(\.\d+)? s/.test(film), film);
+  if (MODE === "http") {
+    const filmPlays = await until("the film playing", async () => {
+      const s = await gen.evaluate(() => {
+        const v = document.getElementById("film-video");
+        v.muted = true;
+        v.play().catch(() => {});
+        return { ready: v.readyState, time: v.currentTime };
+      });
+      return s.ready >= 3 && s.time > 0.3 ? s : null;
+    }, 15000);
+    check("the joined film plays", filmPlays.time > 0.3, `currentTime ${filmPlays.time.toFixed(2)}`);
+  }
   if (SHOTS) {
     await page.evaluate(() => window.hostTheme("gen", "dark"));
     await until("the dark theme", () => gen.evaluate(() => document.documentElement.dataset.theme === "dark"));
