@@ -111,6 +111,7 @@ async def test_the_view_follows_a_storyboard_and_its_extension_and_a_retake_is_a
             view = data_of(await client.call_tool("player_view", {"request_id": board["request_id"]}))
             retake = data_of(await client.call_tool("player_retake", {"request_id": board["request_id"]}))
             child_view = data_of(await client.call_tool("player_view", {"request_id": child["request_id"]}))
+            child_retake = data_of(await client.call_tool("player_retake", {"request_id": child["request_id"]}))
     assert view["job"]["status"] == "completed"
     assert view["progress"] == 1.0
     assert view["play_url"] == board["media_url"]  # in memory (a local caller): the sandbox's own URL
@@ -124,8 +125,11 @@ async def test_the_view_follows_a_storyboard_and_its_extension_and_a_retake_is_a
     assert retake["request_id"] != board["request_id"]
     assert retake["params"] == board["params"]
     assert retake["video_seconds"] == 7
-    # The extension started from an inline last frame, kept only as a hash once final: it cannot be made again.
-    assert child_view["retake_possible"] is False
+    # The extension's inline first frame is kept only as a hash once final: a retake takes the parent's again.
+    assert child_view["retake_possible"] is True
+    assert child_retake["request_id"] != child["request_id"]
+    assert child_retake["parent"] == board["request_id"]
+    assert child_retake["params"]["prompt"] == "night falls"
 
 
 async def test_the_signed_media_route_streams_to_its_owner_only(settings: Settings) -> None:

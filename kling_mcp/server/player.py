@@ -38,7 +38,7 @@ from kling_mcp.server.playback import FILMS_PATH, MediaSigner, own_origin, regis
 from kling_mcp.server.resources import chain_of
 from kling_mcp.server.results import REMOTE_CALLER, job_result
 from kling_mcp.server.state import AppState, StateRef, runtime_of
-from kling_mcp.server.tools import Generation, concat_videos, get_job, run_generation
+from kling_mcp.server.tools import Generation, concat_videos, extend_video, get_job, run_generation
 
 if TYPE_CHECKING:
     from kling_mcp.runtime import Runtime
@@ -156,10 +156,12 @@ def _shots(job: Job) -> list[Shot]:
     return shots
 
 
-def _kept_in_full(job: Job) -> bool:
+def _can_retake(job: Job) -> bool:
+    """Whether the request can be made again: its prompts kept, and its image kept or (an extension) found again."""
     request = job.request
-    texts = [request.prompt, request.image_url, *(s.prompt for s in request.shots or ())]
-    return not any(is_digest(t) for t in texts)
+    prompts = [request.prompt, *(s.prompt for s in request.shots or ())]
+    image_back = not is_digest(request.image_url) or job.parent_id is not None
+    return image_back and not any(is_digest(t) for t in prompts)
 
 
 async def _view(player: Player, ctx: Context[AppState], job: Job) -> CallToolResult:
@@ -173,7 +175,7 @@ async def _view(player: Player, ctx: Context[AppState], job: Job) -> CallToolRes
         shots=_shots(job),
         chain=await _chain(runtime, job),
         retake_seconds=job.video_seconds,
-        retake_possible=_kept_in_full(job),
+        retake_possible=_can_retake(job),
     )
     text = f"{job.id}: {job.status}. {message}"
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=view.model_dump())
@@ -218,18 +220,25 @@ def _apps(player: Player) -> Apps:
         runtime = await runtime_of(ctx)
         owner = owner_of(ctx)
         job = await get_job(runtime, request_id, owner)
-        if not _kept_in_full(job):
+        if not _can_retake(job):
             raise ToolError(
                 "Not submitted: this job's prompt or image is kept only as a hash now, so it cannot be made again. "
                 "Fix: call the generating tool with the prompt and image again."
             )
-        parent = await get_job(runtime, job.parent_id, owner) if job.parent_id else None
+        if job.parent_id and is_digest(job.request.image_url):
+            # An extension's first frame was its parent's last frame, inlined and then hashed: take it again.
+            request = job.request
+            assert request.prompt is not None
+            assert request.duration is not None
+            return await extend_video(
+                job.parent_id, request.prompt, ctx, request.duration, 0, None, True, confirmed=confirmed
+            )
 
         async def build(*_: object) -> Any:
             return job.request
 
-        result = await run_generation(ctx, build, Generation(0, None, True, confirmed, parent))
-        return result
+        parent = await get_job(runtime, job.parent_id, owner) if job.parent_id else None
+        return await run_generation(ctx, build, Generation(0, None, True, confirmed, parent))
 
     @apps.tool(resource_uri=PLAYER_URI, visibility=["app"], title="Join a chain into one film", annotations=local)
     async def player_join(request_id: RequestId, ctx: Context[AppState]) -> CallToolResult:
