@@ -255,6 +255,17 @@ async function main() {
     return s.time >= 2.9 ? s : null;
   }, 10000);
   check("a shot's button jumps to it", seek.time >= 2.9, `currentTime ${seek.time.toFixed(2)}`);
+  await story.click("#retake");
+  const retakeText = await story.textContent("#confirm-text");
+  check("another take states its seconds before it runs", /6 s of video/.test(retakeText), retakeText);
+  await story.click("#confirm-yes");
+  await until("the retake's new job", async () => {
+    const s = await state(story);
+    return s.status !== "completed" || s.text ? s : null;
+  });
+  if ((await state(story)).text) throw new Error(`no retake: ${(await state(story)).text}`);
+  const retake = await plays(story, "another take (a new job)");
+  check("another take is a new job with the same shots", retake.src !== seek.src && retake.shots === 2, `${retake.shots} shots`);
 
   // 4. the control: without the declared media origins the host's CSP blocks the video (so check 1 can fail).
   await run({ id: "nocsp", tool: "check_status", args: { request_id: first.request_id }, dropCsp: true });
