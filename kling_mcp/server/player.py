@@ -186,6 +186,32 @@ async def _confirm_retake(request_id: str, ctx: Context[AppState]) -> ConfirmSpe
     return confirm_seconds(ctx, job.video_seconds)
 
 
+async def _retake(ctx: Context[AppState], request_id: str, confirmed: Confirmed) -> CallToolResult:
+    """The same request again, as a new job (force_new), answered at once."""
+    runtime = await runtime_of(ctx)
+    owner = owner_of(ctx)
+    job = await get_job(runtime, request_id, owner)
+    if not _can_retake(job):
+        raise ToolError(
+            "Not submitted: this job's prompt or image is kept only as a hash now, so it cannot be made again. "
+            "Fix: call the generating tool with the prompt and image again."
+        )
+    if job.parent_id and is_digest(job.request.image_url):
+        # An extension's first frame was its parent's last frame, inlined and then hashed: take it again.
+        request = job.request
+        assert request.prompt is not None
+        assert request.duration is not None
+        return await extend_video(
+            job.parent_id, request.prompt, ctx, request.duration, 0, None, True, confirmed=confirmed
+        )
+
+    async def build(*_: object) -> Any:
+        return job.request
+
+    parent = await get_job(runtime, job.parent_id, owner) if job.parent_id else None
+    return await run_generation(ctx, build, Generation(0, None, True, confirmed, parent))
+
+
 def _apps(player: Player) -> Apps:
     apps = Apps()
     apps.add_resource(
@@ -217,28 +243,7 @@ def _apps(player: Player) -> Apps:
     ) -> CallToolResult:
         """A new paid job of the same request (the same seconds of video), answered at once."""
         app_only(ctx, "player_retake")
-        runtime = await runtime_of(ctx)
-        owner = owner_of(ctx)
-        job = await get_job(runtime, request_id, owner)
-        if not _can_retake(job):
-            raise ToolError(
-                "Not submitted: this job's prompt or image is kept only as a hash now, so it cannot be made again. "
-                "Fix: call the generating tool with the prompt and image again."
-            )
-        if job.parent_id and is_digest(job.request.image_url):
-            # An extension's first frame was its parent's last frame, inlined and then hashed: take it again.
-            request = job.request
-            assert request.prompt is not None
-            assert request.duration is not None
-            return await extend_video(
-                job.parent_id, request.prompt, ctx, request.duration, 0, None, True, confirmed=confirmed
-            )
-
-        async def build(*_: object) -> Any:
-            return job.request
-
-        parent = await get_job(runtime, job.parent_id, owner) if job.parent_id else None
-        return await run_generation(ctx, build, Generation(0, None, True, confirmed, parent))
+        return await _retake(ctx, request_id, confirmed)
 
     @apps.tool(resource_uri=PLAYER_URI, visibility=["app"], title="Join a chain into one film", annotations=local)
     async def player_join(request_id: RequestId, ctx: Context[AppState]) -> CallToolResult:
