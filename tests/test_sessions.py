@@ -4,6 +4,7 @@ server's paths only when it is local, and its share of blob reads."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -128,18 +129,19 @@ async def test_remote_callers_see_no_server_paths(settings: Settings, tmp_path: 
         seen.extend(r.model_dump_json() for r in (made, again, film, listed, job, jobs))
     async with Client(build_server(linked)) as local:
         here = await local.call_tool("check_status", {"request_id": rid})
-    assert made.structured_content["local_path"] == f"{rid}.mp4"
-    assert f"Saved on the server as {rid}.mp4" in made.content[0].text  # type: ignore[union-attr]
+    name = made.structured_content["local_path"]  # relative to the output folder: {time}_{prompt}_{short id}.mp4
+    assert re.fullmatch(rf"\d{{8}}-\d{{6}}_where-is-it_{rid[-8:]}\.mp4", name), name
+    assert f"Saved on the server as {name}" in made.content[0].text  # type: ignore[union-attr]
     assert f"kling://jobs/{rid}/video" in [getattr(c, "uri", None) for c in made.content]
     assert isinstance(job, TextResourceContents)
-    assert json.loads(job.text)["local_path"] == f"{rid}.mp4"
+    assert json.loads(job.text)["local_path"] == name
     assert film.structured_content is not None
     assert not Path(film.structured_content["path"]).is_absolute()
     for text in seen:
         assert str(tmp_path) not in text
         assert "file:" not in text
     assert here.structured_content is not None
-    assert here.structured_content["local_path"] == str(settings.resolved_output_dir / f"{rid}.mp4")
+    assert here.structured_content["local_path"] == str(settings.resolved_output_dir / name)
 
 
 async def test_blob_reads_take_turns(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
