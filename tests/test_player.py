@@ -15,9 +15,11 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.context import ClientRequestContext
 from mcp.client.extension import advertise
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
+from mcp.types import ElicitRequestParams, ElicitResult
 
 from kling_mcp.config import Settings
 from kling_mcp.server import build_server
@@ -189,6 +191,31 @@ async def test_joining_a_chain_makes_a_film_its_owner_alone_can_play_over_http(s
     assert len(played.content) == film["size_bytes"]
     assert as_bob.status_code == 403
     assert other.status_code == 403  # a signature names one film
+
+
+async def test_a_retake_above_the_confirm_threshold_asks_with_its_seconds_first(
+    settings: Settings, sandbox: Any
+) -> None:
+    asked: list[str] = []
+
+    async def decline(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="decline")
+
+    live = settings.with_(mode="live", api_key="sk_live_confirm_test", confirm_above_seconds=5, allow_private_urls=True)
+    with anyio.fail_after(30):
+        async with Client(build_server(live), extensions=[APPS], elicitation_callback=decline) as client:
+            made = data_of(await client.call_tool("generate_video", {"prompt": "small", "duration": 4}))
+            small = await client.call_tool("player_retake", {"request_id": made["request_id"]})
+            long = live.with_(confirm_above_seconds=3)
+        async with Client(build_server(long), extensions=[APPS], elicitation_callback=decline) as client:
+            refused = await client.call_tool("player_retake", {"request_id": made["request_id"]})
+    assert not small.is_error  # 4 s is not above 5: nobody is asked
+    assert refused.is_error
+    assert "declined" in str(refused.content[0])
+    assert len(asked) == 1
+    assert "4 s of video" in asked[0]
+    assert sandbox.gateway.submit_count == 2  # the job and the small retake; the declined one never left
 
 
 def test_a_signature_expires_and_names_one_job_and_owner() -> None:
