@@ -44,7 +44,7 @@ from kling_mcp.models import (
     expected_seconds,
 )
 from kling_mcp.pixazo import GatewayStatus, PixazoClient
-from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
+from kling_mcp.store import Guards, JobUpdate, Ledger, owner_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class JobEngine:
     def __init__(
         self,
         client: PixazoClient,
-        store: Store,
+        store: Ledger,
         config: EngineConfig,
         *,
         clock: Callable[[], float] = time.time,
