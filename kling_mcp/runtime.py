@@ -78,6 +78,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             total_daily_seconds=settings.total_daily_seconds,
         ),
         retention_seconds=settings.retention_days * 86400 if settings.retention_days else None,
+        lease_seconds=settings.lease_seconds,
     )
 
 

@@ -413,7 +413,8 @@ async def test_replicas_taking_over_together_share_the_jobs_out_without_overlap(
     seed = ledger(replica="seed")
     ids = set()
     for i in range(30):
-        job, _ = await seed.create(req(f"p{i}"), mode="sandbox")  # no lease: free to take
+        job, _ = await seed.create(req(f"p{i}"), mode="sandbox")
+        await seed.update(job.job_id, status="queued")  # running and never leased: free to take
         ids.add(job.job_id)
     takers = [ledger(replica=f"r{i}") for i in range(3)]
     taken: dict[str, list[str]] = {}

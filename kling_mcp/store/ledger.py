@@ -179,14 +179,17 @@ def _prune(cutoff: float) -> Op[int]:
 
 def _claim_download(job_id: str, owner: str, now: float, lease_seconds: float) -> Op[Job | None]:
     row = yield from one(
-        f"SELECT status, download_state, download_lease, download_owner FROM jobs WHERE job_id = ?{FOR_UPDATE}",
+        "SELECT status, download_state, download_lease, download_owner, lease_owner FROM jobs "
+        f"WHERE job_id = ?{FOR_UPDATE}",
         job_id,
     )
     if row is None or row["status"] != "completed":
         return None
-    state, lease = row["download_state"], row["download_lease"]
-    # A lease is void once it expires, or at once when the process that took it is gone (SIGKILL).
-    stale = lease is None or lease < now or owner_is_dead(row["download_owner"])
+    state, lease, claimant = row["download_state"], row["download_lease"], row["download_owner"]
+    # A claim is void once it expires, at once when the process that took it is gone (SIGKILL), and when the job
+    # has passed to another replica: the claimant lost its lease on the job, so its driver has stopped.
+    moved = row["lease_owner"] == owner and claimant not in (None, owner)
+    stale = lease is None or lease < now or owner_is_dead(claimant) or moved
     if not (state == "pending" or (state == "downloading" and stale)):
         return None
     (claimed,) = yield from rows(
@@ -203,7 +206,9 @@ def _claim_download(job_id: str, owner: str, now: float, lease_seconds: float) -
 def _lease_void(dead: Sequence[str]) -> tuple[str, tuple[object, ...]]:
     """The condition (and its arguments, after ``now``) under which a lease may be taken: none, expired, or dead."""
     dead_clause = f" OR lease_owner IN ({marks(dead)})" if dead else ""
-    return f"(lease_until IS NULL OR lease_until < ?{dead_clause})", tuple(dead)
+    # A 'submitting' row from before leases never had a holder to lapse: the engine judges it by its process.
+    never_held = "(lease_until IS NULL AND status != 'submitting')"
+    return f"({never_held} OR lease_until < ?{dead_clause})", tuple(dead)
 
 
 class Ledger:
