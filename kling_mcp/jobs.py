@@ -30,6 +30,7 @@ from kling_mcp.errors import (
     KlingError,
     NotFoundError,
 )
+from kling_mcp.feed import Feed
 from kling_mcp.files import safe_component, stale_temps
 from kling_mcp.leases import Leases
 from kling_mcp.models import (
@@ -130,6 +131,7 @@ class JobEngine:
         self._bells = Doorbells()
         self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
         self.leases = Leases(store, config.lease_seconds, scan_interval=config.poll_interval, clock=clock)
+        self.feed = Feed(store, interval=config.poll_interval, on_change=self._notify, on_ring=self._ring, clock=clock)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class JobEngine:
                 await self.leases.take_over(self._adopt, own=True)  # what this replica's name held before a restart
                 log.info("resumed unfinished jobs from the ledger")
                 tg.start_soon(self.leases.keep, self._adopt, name="leases")
+                tg.start_soon(self.feed.run, name="other replicas' changes")
                 tg.start_soon(self._prune_now_and_then, name="ledger pruning")
                 yield self
             finally:
@@ -282,6 +285,7 @@ class JobEngine:
             watch.event.set()
 
     async def _notify(self, job: Job) -> None:
+        self.feed.seen(job)
         self._wake(job.job_id)
         for listener in self._listeners:
             try:
@@ -406,6 +410,8 @@ class JobEngine:
             return 409, "request_id does not match this job"
         if job.final:
             return 200, "already final"
+        if self.leases.held_elsewhere(job) and await self.store.ring(job.job_id):
+            return 202, "the job will be polled"  # by the replica driving it, which the ledger's bus told
         answered = self._bells.ring(job.job_id)
         self._wake(job.job_id)
         self._drive(job)
@@ -413,6 +419,12 @@ class JobEngine:
             await answered.wait()
             return 200, "polled"
         return 202, "the job will be polled"
+
+    async def _ring(self, job_id: str) -> None:
+        """Another replica took a webhook for a job this one drives."""
+        if job_id in self._drivers:
+            self._bells.ring(job_id)
+            self._wake(job_id)
 
     def _poll_interval(self) -> float:
         """The configured interval, stretched so that all jobs together poll at most max_polls_per_second.

@@ -333,12 +333,14 @@ class Ledger:
         )
         return [row_to_job(r) for r in found]
 
-    async def changed_since(self, since: float, *, limit: int = 1000) -> list[Job]:
-        """Jobs whose row changed at or after ``since`` (any replica's clock), oldest change first."""
+    async def changes_since(self, since: float, *, limit: int = 1000) -> list[tuple[str, float]]:
+        """(job id, updated_at) of rows changed at or after ``since`` (any replica's clock), oldest change first."""
         found = await self._run(
-            lambda: rows("SELECT * FROM jobs WHERE updated_at >= ? ORDER BY updated_at LIMIT ?", since, limit)
+            lambda: rows(
+                "SELECT job_id, updated_at FROM jobs WHERE updated_at >= ? ORDER BY updated_at LIMIT ?", since, limit
+            )
         )
-        return [row_to_job(r) for r in found]
+        return [(str(r["job_id"]), float(r["updated_at"])) for r in found]
 
     # --- updates ----------------------------------------------------------------------------------------------
 

@@ -105,7 +105,8 @@ class PostgresStore(Ledger):
                             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEDGER_LOCK,))
                         result = await _drive(conn, op())
                         for job_id in announce:
-                            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _CHANGED + job_id))
+                            note = f"{_CHANGED}{job_id} {self.replica}"
+                            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
                         return result
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
@@ -128,11 +129,11 @@ class PostgresStore(Ledger):
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     async for note in conn.notifies():
-                        payload = note.payload
-                        if payload.startswith(_CHANGED):
-                            await on_change(payload.removeprefix(_CHANGED))
-                        elif payload.startswith(_RUNG):
-                            await on_ring(payload.removeprefix(_RUNG))
+                        kind, job_id, _, by = note.payload[:2], *note.payload[2:].partition(" ")
+                        if kind == _CHANGED and by != self.replica:  # this replica's own changes are known here
+                            await on_change(job_id)
+                        elif kind == _RUNG:
+                            await on_ring(job_id)
             except psycopg.OperationalError as exc:
                 log.warning("ledger bus lost (%s); listening again in %.0f s", type(exc).__name__, LISTEN_RETRY_S)
                 await anyio.sleep(LISTEN_RETRY_S)
