@@ -8,11 +8,13 @@ second path is all there is. A change this replica made itself, or already deliv
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
+import anyio.abc
 
 from kling_mcp.models import Job
 from kling_mcp.store import Ledger
@@ -48,9 +50,14 @@ class Feed:
         if job.updated_at > self._seen.get(job.job_id, float("-inf")):
             self._seen[job.job_id] = job.updated_at
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follows other replicas' changes; started once the bus (if any) is listening, so no change after the
+        engine starts goes unheard."""
+        listening = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.store.listen, self._announced, self._on_ring)
+            tg.start_soon(functools.partial(self.store.listen, self._announced, self._on_ring, ready=listening.set))
+            await listening.wait()
+            task_status.started()
             await self._follow_ledger()
 
     async def _announced(self, job_id: str) -> None:

@@ -144,7 +144,7 @@ class JobEngine:
                 await self.leases.take_over(self._adopt, own=True)  # what this replica's name held before a restart
                 log.info("resumed unfinished jobs from the ledger")
                 tg.start_soon(self.leases.keep, self._adopt, name="leases")
-                tg.start_soon(self.feed.run, name="other replicas' changes")
+                await tg.start(self.feed.run, name="other replicas' changes")
                 tg.start_soon(self._prune_now_and_then, name="ledger pruning")
                 yield self
             finally:

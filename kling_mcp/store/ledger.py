@@ -229,10 +229,15 @@ class Ledger:
         self.close()
 
     async def listen(
-        self, on_change: Callable[[str], Awaitable[None]], on_ring: Callable[[str], Awaitable[None]]
+        self,
+        on_change: Callable[[str], Awaitable[None]],
+        on_ring: Callable[[str], Awaitable[None]],
+        *,
+        ready: Callable[[], None],
     ) -> bool:
-        """Delivers other replicas' changes and doorbells until cancelled; False at once when the backend has no bus
-        (then the ledger's changes feed is all there is)."""
+        """Delivers other replicas' changes and doorbells until cancelled, calling ``ready`` once listening; False
+        at once when the backend has no bus (then the ledger's changes feed is all there is)."""
+        ready()
         return False
 
     async def ring(self, job_id: str) -> bool:

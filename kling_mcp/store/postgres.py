@@ -121,13 +121,18 @@ class PostgresStore(Ledger):
         return True
 
     async def listen(
-        self, on_change: Callable[[str], Awaitable[None]], on_ring: Callable[[str], Awaitable[None]]
+        self,
+        on_change: Callable[[str], Awaitable[None]],
+        on_ring: Callable[[str], Awaitable[None]],
+        *,
+        ready: Callable[[], None],
     ) -> bool:
         """LISTENs on its own connection, reconnecting after a lost one (the ledger poll covers the gap)."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    ready()
                     async for note in conn.notifies():
                         kind, job_id, _, by = note.payload[:2], *note.payload[2:].partition(" ")
                         if kind == _CHANGED and by != self.replica:  # this replica's own changes are known here
