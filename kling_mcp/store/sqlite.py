@@ -70,6 +70,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
 WAL_SWITCH_WAIT_S = 30.0
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Switches the ledger to WAL, waiting for another process doing the same.
 
@@ -88,29 +95,38 @@ def _use_wal(conn: sqlite3.Connection) -> None:
 
 
 class Store(Ledger):
-    """The ledger on one SQLite connection; every operation runs in a worker thread, one at a time."""
+    """The ledger on two SQLite connections, each used by one worker thread at a time: one writes, one reads.
+
+    Reads (check_status, resources, the changes feed) never queue behind the writes of a thousand polling jobs: in
+    WAL mode a reader sees every committed write without waiting for the writer.
+    """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, replica: str = PROCESS_OWNER) -> None:
         super().__init__(clock=clock, replica=replica)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = _connect(path)
         _use_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
         _migrate(self._conn)
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._reader = _connect(path)
+        self._lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._limiter, self._read_limiter = anyio.CapacityLimiter(1), anyio.CapacityLimiter(1)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            self._reader.close()
 
     async def _run(self, op: Callable[[], Op[T]], *, write: Write = None, announce: Iterable[str] = ()) -> T:
         # No bus: other processes see changes through the changes feed (updated_at), so announce is unused.
-        def call() -> T:
-            with self._lock:
-                return _drive(self._conn, op(), write)
+        if write is None:
+            conn, lock, limiter = self._reader, self._read_lock, self._read_limiter
+        else:
+            conn, lock, limiter = self._conn, self._lock, self._limiter
 
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        def call() -> T:
+            with lock:
+                return _drive(conn, op(), write)
+
+        return await anyio.to_thread.run_sync(call, limiter=limiter)
