@@ -33,6 +33,7 @@ from kling_mcp.errors import (
 from kling_mcp.feed import Feed
 from kling_mcp.files import safe_component, stale_temps
 from kling_mcp.leases import Leases
+from kling_mcp.pacing import Pacer
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
@@ -130,6 +131,7 @@ class JobEngine:
         self._not_found: dict[str, int] = {}  # job id -> its polls answered 404 in a row
         self._bells = Doorbells()
         self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
+        self._pacer = Pacer(config.max_polls_per_second)  # the global cap, as evenly spaced moments
         self.leases = Leases(store, config.lease_seconds, scan_interval=config.poll_interval, clock=clock)
         self.feed = Feed(store, interval=config.poll_interval, on_change=self._notify, on_ring=self._ring, clock=clock)
 
@@ -437,6 +439,7 @@ class JobEngine:
     async def _poll(self, job: Job) -> Job:
         assert job.current_request_id is not None
         try:
+            await self._pacer.slot()
             async with self._poll_slots:
                 status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
         except NotFoundError as exc:
