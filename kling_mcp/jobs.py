@@ -33,7 +33,6 @@ from kling_mcp.errors import (
 from kling_mcp.feed import Feed
 from kling_mcp.files import safe_component, stale_temps
 from kling_mcp.leases import Leases
-from kling_mcp.pacing import Pacer
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
@@ -46,6 +45,7 @@ from kling_mcp.models import (
     Mode,
     expected_seconds,
 )
+from kling_mcp.pacing import Pacer
 from kling_mcp.pixazo import GatewayStatus, PixazoClient
 from kling_mcp.store import Guards, JobUpdate, Ledger, owner_is_dead
 
