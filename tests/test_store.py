@@ -461,3 +461,17 @@ def test_postgres_records_each_schema_version_and_keeps_times_as_double_precisio
     assert versions == list(range(1, store_module.SCHEMA_VERSION + 1))
     assert types["created_at"] == "double precision"
     assert types["size_bytes"] == "bigint"  # a 2 GiB video does not fit a 32-bit integer
+
+
+def test_a_postgres_url_without_its_driver_installed_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from kling_mcp.errors import ConfigurationError
+
+    monkeypatch.delitem(sys.modules, "kling_mcp.store.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what an install without the extra looks like
+    with pytest.raises(ConfigurationError) as caught:
+        open_ledger("postgresql://k@db/k", tmp_path / "l.db")
+    assert "kling-mcp[postgres]" in (caught.value.hint or "")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kling_mcp.errors import ConfigurationError
 from kling_mcp.models import Job as Job  # the ledger's own name for it, kept for callers that import it from here
 from kling_mcp.spend import Guards as Guards  # checked in the ledger's transactions; callers import it from here
 from kling_mcp.store.ledger import PROCESS_OWNER as PROCESS_OWNER
@@ -36,6 +37,11 @@ def open_ledger(
     the file or connects, and migrates): call it off the event loop."""
     if database_url is None:
         return Store(sqlite_path, clock=clock, replica=replica)
-    from kling_mcp.store.postgres import PostgresStore
-
+    try:
+        from kling_mcp.store.postgres import PostgresStore
+    except ImportError as exc:  # psycopg is an optional extra
+        raise ConfigurationError(
+            f"KLING_MCP_DATABASE_URL names a PostgreSQL ledger, but its driver is not installed ({exc.name}).",
+            hint="pip install 'kling-mcp[postgres]', or unset KLING_MCP_DATABASE_URL for the local SQLite ledger.",
+        ) from None
     return PostgresStore(database_url, clock=clock, replica=replica)
