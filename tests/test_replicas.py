@@ -103,3 +103,22 @@ async def test_a_webhook_on_a_replica_that_does_not_drive_the_job_makes_the_driv
             assert status == 202  # handed to the driving replica over the ledger's bus
             done = await b.engine.wait(job.id, 15)
     assert done.status == "completed"
+
+
+async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_never_sent_again(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    from kling_mcp.store import open_ledger
+
+    settings = replica("a")
+    # What replica a leaves when it dies between recording a job and hearing the gateway: a leased 'submitting' row.
+    dead = open_ledger(settings.database_url, settings.resolved_state_dir / "ledger.sqlite3", replica="a")
+    job, _ = await dead.create(t2v("cut off mid-submit"), mode="sandbox", lease_seconds=LEASE_S)
+    await dead.aclose()
+    async with open_runtime(replica("b")) as b:
+        with anyio.fail_after(20):
+            done = await b.engine.wait(job.job_id, 20)
+    assert done.status == "unknown"
+    assert done.error is not None
+    assert "may or may not have accepted" in done.error
+    assert sandbox.gateway.submit_count == 0
