@@ -39,6 +39,10 @@ def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="serve HTTP on a non-loopback address without KLING_MCP_AUTH_TOKEN (anyone who reaches it can spend)",
     )
+    serve.add_argument(
+        "--replica-id",
+        help="this replica's name in the shared ledger's leases (sets KLING_MCP_REPLICA_ID; default: host:pid)",
+    )
     sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
     doctor = sub.add_parser(
         "doctor", help="check the configuration, API key, gateway routes, folders and media decoding (free)"
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kling_mcp.demo import run_demo
 
         return run_demo()
+    if getattr(args, "replica_id", None):
+        os.environ["KLING_MCP_REPLICA_ID"] = args.replica_id  # checked with the variable's own rule
     return _serve(
         getattr(args, "transport", "stdio"),
         getattr(args, "host", "127.0.0.1"),

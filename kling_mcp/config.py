@@ -138,6 +138,24 @@ def _issuer(name: str, raw: str, default: object) -> str:
     return raw
 
 
+def _database_url(name: str, raw: str, default: object) -> str:
+    if not re.match(r"postgres(ql)?://", raw):
+        raise ConfigurationError(
+            f"{name} must be a postgresql:// URL; got a value starting {raw.split(':', 1)[0]!r}.",
+            hint="Use e.g. postgresql://kling@db.internal:5432/kling, or unset it for the local SQLite ledger.",
+        )
+    return raw
+
+
+def _replica_id(name: str, raw: str, default: object) -> str:
+    if not _OWNER_NAME.fullmatch(raw.replace(":", "-")):
+        raise ConfigurationError(
+            f"{name} must be 1 to 100 letters, digits and . _ @ + - : characters; got {raw!r}.",
+            hint="Use e.g. the host name, kling-1.",
+        )
+    return raw
+
+
 def _path(name: str, raw: str, default: object) -> Path:
     return Path(raw).expanduser()
 
@@ -209,6 +227,12 @@ class Settings:
     max_wait: float = field(default=45.0, metadata=_env("KLING_MCP_MAX_WAIT", _number(0.0)))
     request_timeout: float = field(default=30.0, metadata=_env("KLING_MCP_REQUEST_TIMEOUT", _number(0.1)))
     state_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_STATE_DIR", _path))
+    # a PostgreSQL ledger shared by several replicas; None: the SQLite file in the state folder
+    database_url: str | None = field(default=None, repr=False, metadata=_env("KLING_MCP_DATABASE_URL", _database_url))
+    # seconds a replica's hold on a job lasts without renewal; after that another replica takes the job over
+    lease_seconds: float = field(default=15.0, metadata=_env("KLING_MCP_LEASE_SECONDS", _number(0.2)))
+    # this replica's name in the ledger's leases; None: host name and process id
+    replica_id: str | None = field(default=None, metadata=_env("KLING_MCP_REPLICA_ID", _replica_id))
     output_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_OUTPUT_DIR", _path))
     download: bool = field(default=True, metadata=_env("KLING_MCP_DOWNLOAD", _flag))
     dedupe_seconds: float = field(default=600.0, metadata=_env("KLING_MCP_DEDUPE_SECONDS", _number(0.0)))
@@ -268,6 +292,12 @@ class Settings:
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or _default_state_dir()
+
+    @property
+    def resolved_replica_id(self) -> str:
+        from kling_mcp.store.ledger import PROCESS_OWNER
+
+        return self.replica_id or PROCESS_OWNER
 
     @property
     def resolved_output_dir(self) -> Path:

@@ -30,7 +30,9 @@ from kling_mcp.errors import (
     KlingError,
     NotFoundError,
 )
+from kling_mcp.feed import Feed
 from kling_mcp.files import stale_temps, video_name
+from kling_mcp.leases import Leases
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
@@ -43,8 +45,9 @@ from kling_mcp.models import (
     Mode,
     expected_seconds,
 )
+from kling_mcp.pacing import Pacer
 from kling_mcp.pixazo import GatewayStatus, PixazoClient
-from kling_mcp.store import Guards, JobUpdate, Store, owner_is_dead
+from kling_mcp.store import Guards, JobUpdate, Ledger, owner_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class EngineConfig:
     max_download_backoff: float = 60.0
     retention_seconds: float | None = None  # final jobs' prompts and images become hashes after this; None: kept
     prune_interval: float = 3600.0
+    lease_seconds: float = 15.0  # how long this replica's hold on a job lasts unrenewed (kling_mcp.leases)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class JobEngine:
     def __init__(
         self,
         client: PixazoClient,
-        store: Store,
+        store: Ledger,
         config: EngineConfig,
         *,
         clock: Callable[[], float] = time.time,
@@ -127,6 +131,9 @@ class JobEngine:
         self._not_found: dict[str, int] = {}  # job id -> its polls answered 404 in a row
         self._bells = Doorbells()
         self._poll_slots = anyio.Semaphore(config.max_concurrent_polls)
+        self._pacer = Pacer(config.max_polls_per_second)  # the global cap, as evenly spaced moments
+        self.leases = Leases(store, config.lease_seconds, scan_interval=config.poll_interval, clock=clock)
+        self.feed = Feed(store, interval=config.poll_interval, on_change=self._notify, on_ring=self._ring, clock=clock)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -135,27 +142,41 @@ class JobEngine:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
-                await self._resume()
+                await self._resume_unleased_submits()
+                await self.leases.take_over(self._adopt, own=True)  # what this replica's name held before a restart
+                log.info("resumed unfinished jobs from the ledger")
+                tg.start_soon(self.leases.keep, self._adopt, name="leases")
+                await tg.start(self.feed.run, name="other replicas' changes")
                 tg.start_soon(self._prune_now_and_then, name="ledger pruning")
                 yield self
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()
 
-    async def _resume(self) -> None:
+    async def _resume_unleased_submits(self) -> None:
+        """'submitting' rows no replica ever leased (written before leases): cut off if their process is gone or
+        their grace is over, else left to the process still submitting them."""
+        grace = self.config.submit_grace_seconds
         for job in await self.store.unsettled():
-            if job.status == "submitting":
-                if owner_is_dead(job.process) or self._clock() - job.created_at > self.config.submit_grace_seconds:
-                    await self._set(
-                        job,
-                        status="unknown",
-                        finished_at=self._clock(),
-                        error="The server stopped while submitting this job; the gateway may or may not have "
-                        "accepted (and billed) it.",
-                    )
-                continue
+            cut = owner_is_dead(job.process) or self._clock() - job.created_at > grace
+            if job.status == "submitting" and job.lease_until is None and cut:
+                await self._cut_off(job)
+
+    async def _adopt(self, job: Job) -> None:
+        """A job this replica just leased: one whose driver stopped (a restart, another replica gone)."""
+        if job.status == "submitting":
+            await self._cut_off(job)  # its lease lapsed mid-submit: the replica submitting it is gone
+        else:
             self._drive(job)
-        log.info("resumed unfinished jobs from the ledger")
+
+    async def _cut_off(self, job: Job) -> None:
+        await self._set(
+            job,
+            status="unknown",
+            finished_at=self._clock(),
+            error="The server stopped while submitting this job; the gateway may or may not have "
+            "accepted (and billed) it.",
+        )
 
     async def _prune_now_and_then(self) -> None:
         """Keeps the ledger to what jobs need (no inline image once final) and to the retention period."""
@@ -194,14 +215,20 @@ class JobEngine:
             parent_id=parent_id,
             download=self.config.output_dir is not None,
             guards=self.config.guards,
+            lease_seconds=self.config.lease_seconds,
         )
         if not created:
             self._drive(job)
             return Submitted(job, reused=True)
+        self.leases.hold(job.job_id)  # renewed while the submit is in flight: a lapse would mean this replica died
         await self._notify(job)
         # Shielded: once the row exists, a cancelled tool call must not leave it between 'submitting' and known.
         with anyio.CancelScope(shield=True):
-            job = await self._send(job)
+            try:
+                job = await self._send(job)
+            finally:
+                if job.status == "submitting" or job.settled:
+                    await self.leases.leave(job.job_id, job)
         self._drive(job)
         return Submitted(job, reused=False)
 
@@ -260,6 +287,7 @@ class JobEngine:
             watch.event.set()
 
     async def _notify(self, job: Job) -> None:
+        self.feed.seen(job)
         self._wake(job.job_id)
         for listener in self._listeners:
             try:
@@ -314,10 +342,19 @@ class JobEngine:
     def _drive(self, job: Job) -> None:
         if job.settled or job.status == "submitting" or job.job_id in self._drivers or self._tg is None:
             return
+        if self.leases.held_elsewhere(job):
+            return  # another replica drives it; its changes reach this one through the ledger
         self._drivers.add(job.job_id)
         self._tg.start_soon(self._run_job, job.job_id, name=f"job {job.id}")
 
     async def _run_job(self, job_id: str) -> None:
+        try:
+            await self.leases.drive(job_id, self._run_leased)
+        finally:
+            self._drivers.discard(job_id)
+
+    async def _run_leased(self, job_id: str) -> Job | None:
+        job: Job | None = None
         try:
             job = await self.store.get(job_id)
             if job.status == "completed" and job.download_state in DOWNLOAD_OWED:
@@ -338,6 +375,7 @@ class JobEngine:
             self._drivers.discard(job_id)
             self._not_found.pop(job_id, None)
             self._bells.forget(job_id)
+        return job
 
     async def _poll_when_due(self, job: Job, delay: float) -> tuple[Job, float]:
         """Polls after ``delay``, or at once when the doorbell rings; returns the job and the delay to the next.
@@ -374,6 +412,8 @@ class JobEngine:
             return 409, "request_id does not match this job"
         if job.final:
             return 200, "already final"
+        if self.leases.held_elsewhere(job) and await self.store.ring(job.job_id):
+            return 202, "the job will be polled"  # by the replica driving it, which the ledger's bus told
         answered = self._bells.ring(job.job_id)
         self._wake(job.job_id)
         self._drive(job)
@@ -381,6 +421,12 @@ class JobEngine:
             await answered.wait()
             return 200, "polled"
         return 202, "the job will be polled"
+
+    async def _ring(self, job_id: str) -> None:
+        """Another replica took a webhook for a job this one drives."""
+        if job_id in self._drivers:
+            self._bells.ring(job_id)
+            self._wake(job_id)
 
     def _poll_interval(self) -> float:
         """The configured interval, stretched so that all jobs together poll at most max_polls_per_second.
@@ -393,6 +439,7 @@ class JobEngine:
     async def _poll(self, job: Job) -> Job:
         assert job.current_request_id is not None
         try:
+            await self._pacer.slot()
             async with self._poll_slots:
                 status = await self.client.status(job.current_request_id, polling_url=job.polling_url)
         except NotFoundError as exc:

@@ -219,6 +219,9 @@ class Job(BaseModel):
     owner: Annotated[str, Column(f"TEXT NOT NULL DEFAULT '{LOCAL_OWNER}'", since=2, name="principal")] = LOCAL_OWNER
     # Names this job in its webhook URL, so it is kept out of every dump and repr.
     webhook_token: Annotated[str | None, Column("TEXT UNIQUE"), Field(repr=False, exclude=True)] = None
+    # The replica driving the job (polls, retries, download) while lease_until is ahead: one at a time.
+    lease_owner: Annotated[str | None, Column("TEXT", since=3)] = None
+    lease_until: Annotated[float | None, Column("REAL", since=3)] = None
 
     @property
     def id(self) -> str:

@@ -25,7 +25,7 @@ from kling_mcp.models import Job
 from kling_mcp.netguard import guarded_client, origin_of
 from kling_mcp.pixazo import PixazoClient
 from kling_mcp.previews import MediaWorker, local_video
-from kling_mcp.store import Guards, Store
+from kling_mcp.store import Guards, Ledger, open_ledger
 from kling_mcp.tls import tls_context
 
 log = logging.getLogger("kling_mcp")
@@ -35,7 +35,7 @@ log = logging.getLogger("kling_mcp")
 class Runtime:
     settings: Settings
     engine: JobEngine
-    store: Store
+    store: Ledger
     media: MediaWorker
     http: httpx2.AsyncClient  # the SSRF-guarded client for URLs from users and from gateway answers
 
@@ -78,6 +78,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             total_daily_seconds=settings.total_daily_seconds,
         ),
         retention_seconds=settings.retention_days * 86400 if settings.retention_days else None,
+        lease_seconds=settings.lease_seconds,
     )
 
 
@@ -104,8 +105,14 @@ async def gateway_url(settings: Settings, stack: AsyncExitStack, transport: http
     return served.base_url
 
 
-def _open_blocking(settings: Settings, clock: Callable[[], float]) -> tuple[ssl.SSLContext, Store]:
-    return tls_context(), Store(settings.resolved_state_dir / "ledger.sqlite3", clock=clock)
+def _open_blocking(settings: Settings, clock: Callable[[], float]) -> tuple[ssl.SSLContext, Ledger]:
+    ledger = open_ledger(
+        settings.database_url,
+        settings.resolved_state_dir / "ledger.sqlite3",
+        clock=clock,
+        replica=settings.resolved_replica_id,
+    )
+    return tls_context(), ledger
 
 
 @asynccontextmanager
@@ -126,7 +133,7 @@ async def open_runtime(
         # The blocking parts (the trust store, the ledger's file and schema) run off the event loop, which is
         # answering the client's first requests meanwhile.
         tls, store = await anyio.to_thread.run_sync(_open_blocking, settings, clock)
-        stack.callback(store.close)
+        stack.push_async_callback(store.aclose)
         base_url = await gateway_url(settings, stack, transport)
         if not settings.live:
             log.warning("SANDBOX mode: placeholder videos from the sandbox gateway at %s; nothing is charged", base_url)

@@ -7,14 +7,17 @@ others alone; ``total_daily_seconds`` caps the whole server.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from kling_mcp import limits
 from kling_mcp.errors import SpendLimitError
 from kling_mcp.models import ACTIVE, NOT_CHARGED
+
+if TYPE_CHECKING:  # the ledger imports this module; its operation types are only annotations here
+    from kling_mcp.store.sql import Op
 
 
 def marks(values: Collection[object]) -> str:
@@ -39,20 +42,21 @@ def _utc_day_bounds(now: float) -> tuple[float, float]:
     return day.timestamp(), (day + timedelta(days=1)).timestamp()
 
 
-def _billed_today(conn: sqlite3.Connection, start: float, owner: str | None) -> int:
+def _billed_today(start: float, owner: str | None) -> Op[int]:
     """Seconds of video asked for since ``start`` that may be billed: by ``owner``, or by everyone (None)."""
     free = sorted(NOT_CHARGED)
-    sql = f"SELECT COALESCE(SUM(video_seconds), 0) FROM jobs WHERE created_at >= ? AND status NOT IN ({marks(free)})"
+    sql = f"SELECT COALESCE(SUM(video_seconds), 0) AS billed FROM jobs WHERE created_at >= ? AND status NOT IN ({marks(free)})"
     args: list[object] = [start, *free]
     if owner is not None:
         sql += " AND principal = ?"
         args.append(owner)
-    return int(conn.execute(sql, args).fetchone()[0])
+    (row,) = yield (sql, tuple(args))
+    return int(row["billed"])
 
 
-def _check_budget(conn: sqlite3.Connection, budget: int, owner: str | None, seconds: int, now: float) -> None:
+def _check_budget(budget: int, owner: str | None, seconds: int, now: float) -> Op[None]:
     start, end = _utc_day_bounds(now)
-    left = max(0, budget - _billed_today(conn, start, owner))
+    left = max(0, budget - (yield from _billed_today(start, owner)))
     if seconds <= left:
         return
     resets = datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
@@ -72,15 +76,15 @@ def _check_budget(conn: sqlite3.Connection, budget: int, owner: str | None, seco
     )
 
 
-def check_guards(conn: sqlite3.Connection, guards: Guards, owner: str, seconds: int, now: float) -> None:
+def check_guards(guards: Guards, owner: str, seconds: int, now: float) -> Op[None]:
+    """Raises SpendLimitError when the job would break a guard; run inside the transaction that records it."""
     if guards.max_active_jobs is not None:
         active_states = sorted(ACTIVE)
-        active = int(
-            conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE principal = ? AND status IN ({marks(active_states)})",
-                (owner, *active_states),
-            ).fetchone()[0]
+        (row,) = yield (
+            f"SELECT COUNT(*) AS active FROM jobs WHERE principal = ? AND status IN ({marks(active_states)})",
+            (owner, *active_states),
         )
+        active = int(row["active"])
         if active >= guards.max_active_jobs:
             raise SpendLimitError(
                 f"Refused: {active} jobs are already running (KLING_MCP_MAX_ACTIVE_JOBS={guards.max_active_jobs}).",
@@ -90,6 +94,6 @@ def check_guards(conn: sqlite3.Connection, guards: Guards, owner: str, seconds: 
                 hint="Wait for a running job to finish (check_status or list_jobs), then call again.",
             )
     if guards.daily_seconds is not None:
-        _check_budget(conn, guards.daily_seconds, owner, seconds, now)
+        yield from _check_budget(guards.daily_seconds, owner, seconds, now)
     if guards.total_daily_seconds is not None:
-        _check_budget(conn, guards.total_daily_seconds, None, seconds, now)
+        yield from _check_budget(guards.total_daily_seconds, None, seconds, now)

@@ -55,6 +55,9 @@ READS = {
     "KLING_MCP_PREVIEW_MAX_BYTES": ("0", "preview_max_bytes", 0),
     "KLING_MCP_TOTAL_DAILY_SECONDS": ("60", "total_daily_seconds", 60),
     "KLING_MCP_RETENTION_DAYS": ("0", "retention_days", 0.0),
+    "KLING_MCP_DATABASE_URL": ("postgresql://k@db:5432/k", "database_url", "postgresql://k@db:5432/k"),
+    "KLING_MCP_LEASE_SECONDS": ("2.5", "lease_seconds", 2.5),
+    "KLING_MCP_REPLICA_ID": ("kling-1:a", "replica_id", "kling-1:a"),
 }
 # What a variable needs beside it to be a valid configuration.
 ALONGSIDE = {"KLING_MCP_OAUTH_ISSUER": {"KLING_MCP_PUBLIC_URL": "https://me.test"}}
@@ -150,6 +153,16 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
                 "Use e.g. /v2/requests/status/{request_id}.",
             )
             for path in ("/status", "/status/{id}", "/s/{request_id}/{x}", "s/{request_id}", "/s/{request_id}{")
+        ),
+        (  # the message never repeats the URL, which may carry a password
+            {"KLING_MCP_DATABASE_URL": "mysql://kling:secret@db/kling"},
+            "KLING_MCP_DATABASE_URL must be a postgresql:// URL; got a value starting 'mysql'.",
+            "Use e.g. postgresql://kling@db.internal:5432/kling, or unset it for the local SQLite ledger.",
+        ),
+        (
+            {"KLING_MCP_REPLICA_ID": "kling one"},
+            "KLING_MCP_REPLICA_ID must be 1 to 100 letters, digits and . _ @ + - : characters; got 'kling one'.",
+            "Use e.g. the host name, kling-1.",
         ),
     ],
 )

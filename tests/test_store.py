@@ -1,21 +1,42 @@
-"""The ledger on a real SQLite file: idempotency, dedupe, guards, aliases, several connections at once."""
+"""The ledger on both backends (a real SQLite file, a real PostgreSQL server): idempotency, dedupe, guards,
+aliases, several connections at once; and the SQLite file's own schema history."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import anyio
 import pytest
 
-from kling_mcp import store as store_module
 from kling_mcp.errors import InvalidInputError, JobNotFoundError, SpendLimitError
 from kling_mcp.models import Column, Job
 from kling_mcp.pixazo import GenerationRequest
-from kling_mcp.store import Guards, JobUpdate, Store
+from kling_mcp.store import PROCESS_OWNER, Guards, JobUpdate, Ledger, Store, open_ledger
+from kling_mcp.store import schema as store_module
 
 pytestmark = pytest.mark.anyio
+
+Opener = Callable[..., Ledger]
+
+
+@pytest.fixture
+async def ledger(ledger_kind: str, ledger_url: str) -> AsyncIterator[Opener]:
+    """Opens ledgers on this test's backend (SQLite file or PostgreSQL database); all on the same one."""
+    opened: list[Ledger] = []
+
+    def open_(clock: Callable[[], float] = time.time, replica: str = PROCESS_OWNER) -> Ledger:
+        url = ledger_url if ledger_kind == "postgres" else None
+        store = open_ledger(url, Path(ledger_url), clock=clock, replica=replica)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.aclose()
 
 
 def req(prompt: str = "a heron takes off", duration: int = 5) -> GenerationRequest:
@@ -30,8 +51,8 @@ class Clock:
         return self.now
 
 
-async def test_the_same_idempotency_key_returns_the_same_job(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_the_same_idempotency_key_returns_the_same_job(ledger: Opener) -> None:
+    store = ledger()
     first, created = await store.create(req(), mode="sandbox", idempotency_key="k1")
     again, created_again = await store.create(req(), mode="sandbox", idempotency_key="k1")
     assert (created, created_again) == (True, False)
@@ -39,9 +60,9 @@ async def test_the_same_idempotency_key_returns_the_same_job(tmp_path: Path) -> 
 
 
 async def test_an_idempotency_key_reused_for_a_different_request_is_refused_and_records_nothing(
-    tmp_path: Path,
+    ledger: Opener,
 ) -> None:
-    store = Store(tmp_path / "l.db")
+    store = ledger()
     first, _ = await store.create(req(), mode="sandbox", idempotency_key="k1")
     with pytest.raises(InvalidInputError) as refused:
         await store.create(req("something else"), mode="sandbox", idempotency_key="k1")
@@ -50,9 +71,9 @@ async def test_an_idempotency_key_reused_for_a_different_request_is_refused_and_
     assert [j.job_id for j in await store.recent()] == [first.job_id]
 
 
-async def test_identical_requests_inside_the_window_share_a_job_unless_forced(tmp_path: Path) -> None:
+async def test_identical_requests_inside_the_window_share_a_job_unless_forced(ledger: Opener) -> None:
     clock = Clock()
-    store = Store(tmp_path / "l.db", clock=clock)
+    store = ledger(clock)
     first, _ = await store.create(req(), mode="sandbox", dedupe_seconds=600)
     clock.now += 599
     same, created = await store.create(req(), mode="sandbox", dedupe_seconds=600)
@@ -66,8 +87,8 @@ async def test_identical_requests_inside_the_window_share_a_job_unless_forced(tm
     assert created
 
 
-async def test_failed_jobs_are_not_reused_by_dedupe(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_failed_jobs_are_not_reused_by_dedupe(ledger: Opener) -> None:
+    store = ledger()
     first, _ = await store.create(req(), mode="sandbox", dedupe_seconds=600)
     await store.update(first.job_id, status="failed")
     second, created = await store.create(req(), mode="sandbox", dedupe_seconds=600)
@@ -75,11 +96,11 @@ async def test_failed_jobs_are_not_reused_by_dedupe(tmp_path: Path) -> None:
     assert second.job_id != first.job_id
 
 
-async def test_concurrent_creates_from_two_connections_make_one_job_per_key(tmp_path: Path) -> None:
-    stores = [Store(tmp_path / "l.db"), Store(tmp_path / "l.db")]
+async def test_concurrent_creates_from_two_connections_make_one_job_per_key(ledger: Opener) -> None:
+    stores = [ledger(), ledger()]
     results: list[bool] = []
 
-    async def create(store: Store) -> None:
+    async def create(store: Ledger) -> None:
         _, created = await store.create(req(), mode="sandbox", idempotency_key="shared")
         results.append(created)
 
@@ -90,8 +111,8 @@ async def test_concurrent_creates_from_two_connections_make_one_job_per_key(tmp_
     assert sorted(results) == [False] * 19 + [True]
 
 
-async def test_active_job_guard_refuses_and_says_what_to_do(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_active_job_guard_refuses_and_says_what_to_do(ledger: Opener) -> None:
+    store = ledger()
     guards = Guards(max_active_jobs=2)
     for i in range(2):
         await store.create(req(f"p{i}"), mode="sandbox", guards=guards)
@@ -101,9 +122,9 @@ async def test_active_job_guard_refuses_and_says_what_to_do(tmp_path: Path) -> N
     assert "KLING_MCP_MAX_ACTIVE_JOBS=2" in str(caught.value)
 
 
-async def test_daily_seconds_guard_counts_billed_seconds_and_resets_at_midnight(tmp_path: Path) -> None:
+async def test_daily_seconds_guard_counts_billed_seconds_and_resets_at_midnight(ledger: Opener) -> None:
     clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % 86400 + 3600)  # 01:00 UTC
-    store = Store(tmp_path / "l.db", clock=clock)
+    store = ledger(clock)
     guards = Guards(daily_seconds=20)
     a, _ = await store.create(req("a", 10), mode="sandbox", guards=guards)
     errored, _ = await store.create(req("b", 10), mode="sandbox", guards=guards)
@@ -120,8 +141,8 @@ async def test_daily_seconds_guard_counts_billed_seconds_and_resets_at_midnight(
     assert a.video_seconds == 10
 
 
-async def test_jobs_are_found_by_any_of_their_ids(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_jobs_are_found_by_any_of_their_ids(ledger: Opener) -> None:
+    store = ledger()
     job, _ = await store.create(req(), mode="sandbox")
     await store.update(job.job_id, attempt_id="gw_1", status="queued")
     retried = await store.update(job.job_id, attempt_id="gw_2")
@@ -134,9 +155,9 @@ async def test_jobs_are_found_by_any_of_their_ids(tmp_path: Path) -> None:
         await store.get("gw_3")
 
 
-async def test_only_one_claimant_gets_a_download(tmp_path: Path) -> None:
+async def test_only_one_claimant_gets_a_download(ledger: Opener) -> None:
     clock = Clock()
-    one, two = Store(tmp_path / "l.db", clock=clock), Store(tmp_path / "l.db", clock=clock)
+    one, two = ledger(clock), ledger(clock)
     job, _ = await one.create(req(), mode="sandbox")
     await one.update(job.job_id, status="completed", media_url="http://x/y.mp4")
     assert await one.claim_download(job.job_id, lease_seconds=60) is not None
@@ -145,8 +166,8 @@ async def test_only_one_claimant_gets_a_download(tmp_path: Path) -> None:
     assert await two.claim_download(job.job_id, lease_seconds=60) is not None
 
 
-async def test_unsettled_lists_running_jobs_and_owed_downloads(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_unsettled_lists_running_jobs_and_owed_downloads(ledger: Opener) -> None:
+    store = ledger()
     running, _ = await store.create(req("a"), mode="sandbox")
     await store.update(running.job_id, status="processing")
     owed, _ = await store.create(req("b"), mode="sandbox")
@@ -292,8 +313,8 @@ def test_every_updatable_field_is_typed_as_the_job_field_it_sets() -> None:
     assert {name: Job.model_fields[name].annotation for name in hints} == hints
 
 
-async def test_an_update_of_a_column_the_ledger_keeps_itself_is_refused(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_an_update_of_a_column_the_ledger_keeps_itself_is_refused(ledger: Opener) -> None:
+    store = ledger()
     job, _ = await store.create(req(), mode="sandbox")
     untyped: Any = store  # what mypy would refuse, from a caller it does not check
     with pytest.raises(ValueError, match="fingerprint"):
@@ -323,3 +344,134 @@ def test_servers_opening_a_new_ledger_at_the_same_moment_all_start(tmp_path: Pat
         for thread in threads:
             thread.join(timeout=60)
     assert failures == []
+
+
+# --- across replicas: guards, leases, migrations ------------------------------------------------------------
+
+
+async def test_concurrent_creates_from_two_replicas_never_overshoot_the_guards(ledger: Opener) -> None:
+    stores = [ledger(replica="a"), ledger(replica="b")]
+    guards = Guards(max_active_jobs=3, total_daily_seconds=100)
+    outcomes: list[str] = []
+
+    async def create(store: Ledger, i: int) -> None:
+        try:
+            await store.create(req(f"p{i}"), mode="sandbox", owner=f"owner{i % 2}", guards=guards)
+            outcomes.append("created")
+        except SpendLimitError as refused:
+            outcomes.append(refused.limit)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(create, stores[i % 2], i)
+    # Three running jobs per owner, two owners: six created, the rest refused by the per-owner guard.
+    assert outcomes.count("created") == 6
+    assert len(await stores[0].recent(limit=100)) == 6
+
+
+async def test_timestamps_keep_their_fractions(ledger: Opener) -> None:
+    clock = Clock(1_800_000_000.123456)
+    job, _ = await ledger(clock).create(req(), mode="sandbox")
+    assert (await ledger().get(job.job_id)).created_at == 1_800_000_000.123456
+
+
+async def test_a_job_is_leased_to_one_replica_until_its_lease_expires(ledger: Opener) -> None:
+    clock = Clock()
+    one, two = ledger(clock, replica="one"), ledger(clock, replica="two")
+    job, _ = await one.create(req(), mode="sandbox", lease_seconds=15)
+    assert (job.lease_owner, job.lease_until) == ("one", clock.now + 15)
+    assert await two.acquire_lease(job.job_id, lease_seconds=15) is None
+    assert await two.take_over(lease_seconds=15, limit=10) == []
+    clock.now += 10
+    assert await one.renew_leases([job.job_id], lease_seconds=15) == {job.job_id}
+    clock.now += 14  # within the renewed lease
+    assert await two.take_over(lease_seconds=15, limit=10) == []
+    clock.now += 2  # one stopped renewing: its lease is over
+    (taken,) = await two.take_over(lease_seconds=15, limit=10)
+    assert (taken.job_id, taken.lease_owner) == (job.job_id, "two")
+    assert await one.renew_leases([job.job_id], lease_seconds=15) == set()  # one learns it lost the job
+    assert await one.acquire_lease(job.job_id, lease_seconds=15) is None
+
+
+async def test_a_lease_of_a_replica_named_dead_is_taken_at_once(ledger: Opener) -> None:
+    one, two = ledger(replica="host:1"), ledger(replica="two")
+    job, _ = await one.create(req(), mode="sandbox", lease_seconds=600)
+    assert await two.lease_holders() == ["host:1"]
+    assert [j.job_id for j in await two.take_over(lease_seconds=15, limit=5, dead=["host:1"])] == [job.job_id]
+
+
+async def test_settled_jobs_are_never_leased(ledger: Opener) -> None:
+    store = ledger(replica="one")
+    job, _ = await store.create(req(), mode="sandbox", download=False)
+    await store.update(job.job_id, status="completed")
+    assert await store.take_over(lease_seconds=15, limit=10) == []
+    assert await store.acquire_lease(job.job_id, lease_seconds=15) is None
+
+
+async def test_replicas_taking_over_together_share_the_jobs_out_without_overlap(ledger: Opener) -> None:
+    seed = ledger(replica="seed")
+    ids = set()
+    for i in range(30):
+        job, _ = await seed.create(req(f"p{i}"), mode="sandbox")
+        await seed.update(job.job_id, status="queued")  # running and never leased: free to take
+        ids.add(job.job_id)
+    takers = [ledger(replica=f"r{i}") for i in range(3)]
+    taken: dict[str, list[str]] = {}
+
+    async def take(store: Ledger) -> None:
+        while batch := await store.take_over(lease_seconds=60, limit=4):
+            taken.setdefault(store.replica, []).extend(j.job_id for j in batch)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for store in takers:
+                tg.start_soon(take, store)
+    everyone = [job_id for batch in taken.values() for job_id in batch]
+    assert sorted(everyone) == sorted(ids)  # each job exactly once
+    for job_id in ids:
+        assert (await seed.get(job_id)).lease_owner in taken
+
+
+async def test_opening_a_ledger_again_migrates_nothing(ledger: Opener) -> None:
+    first = ledger()
+    job, _ = await first.create(req(), mode="sandbox")
+    again = ledger()  # at the current version: the schema and the jobs stay as they are
+    assert (await again.get(job.job_id)).job_id == job.job_id
+
+
+@pytest.mark.postgres
+def test_postgres_records_each_schema_version_and_keeps_times_as_double_precision(
+    postgres_server: Any,
+) -> None:
+    import psycopg
+
+    from kling_mcp.store.postgres import PostgresStore
+
+    url = postgres_server.new_database()
+    PostgresStore(url)
+    PostgresStore(url)  # a second replica starting finds the ledger current
+    with psycopg.connect(url) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM ledger_schema ORDER BY version")]
+        types: dict[str, str] = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'jobs'"
+            ).fetchall()
+        )
+    assert versions == list(range(1, store_module.SCHEMA_VERSION + 1))
+    assert types["created_at"] == "double precision"
+    assert types["size_bytes"] == "bigint"  # a 2 GiB video does not fit a 32-bit integer
+
+
+def test_a_postgres_url_without_its_driver_installed_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from kling_mcp.errors import ConfigurationError
+
+    monkeypatch.delitem(sys.modules, "kling_mcp.store.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what an install without the extra looks like
+    with pytest.raises(ConfigurationError) as caught:
+        open_ledger("postgresql://k@db/k", tmp_path / "l.db")
+    assert "kling-mcp[postgres]" in (caught.value.hint or "")

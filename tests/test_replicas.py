@@ -1,0 +1,124 @@
+"""Two engines (replicas) on one ledger, on both backends, against one sandbox gateway over real HTTP: a job is
+driven by the replica holding its lease, another replica's waits, listeners and webhooks see it, and a replica that
+stops renewing loses its jobs to another within the lease."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from kling_mcp.config import Settings
+from kling_mcp.models import GenerationRequest, Job
+from kling_mcp.runtime import open_runtime
+
+pytestmark = pytest.mark.anyio
+
+LEASE_S = 0.6
+HELD = "[sandbox:hold] "  # the sandbox keeps such a job running until the test finishes it
+
+
+def t2v(prompt: str) -> GenerationRequest:
+    return GenerationRequest(endpoint="text_to_video", prompt=prompt, duration=3)
+
+
+@pytest.fixture
+def replica(settings: Settings, ledger_kind: str, ledger_url: str) -> Callable[[str], Settings]:
+    def make(name: str, **changes: Any) -> Settings:
+        database_url = ledger_url if ledger_kind == "postgres" else None  # SQLite: the shared state folder
+        return settings.with_(replica_id=name, lease_seconds=LEASE_S, database_url=database_url, **changes)
+
+    return make
+
+
+async def test_a_wait_on_one_replica_returns_when_another_finishes_the_job(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    heard_settled = anyio.Event()
+
+    async def listener(job: Job) -> None:
+        if job.settled:
+            heard_settled.set()
+
+    async with open_runtime(replica("a")) as a, open_runtime(replica("b"), listeners=[listener]) as b:
+        submitted = await a.engine.submit(t2v(HELD + "a heron lands"))
+        job = submitted.job
+        assert job.lease_owner == "a"
+        result: list[Job] = []
+
+        async def wait_on_b() -> None:
+            result.append(await b.engine.wait(job.id, 20))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_on_b)
+                await b.engine.get(job.id)  # asking b about it does not make b drive it
+                assert job.job_id not in b.engine._drivers
+                assert job.request_id is not None
+                sandbox.gateway.finish(job.request_id)
+            await heard_settled.wait()  # b's listeners (resource notifications) hear of a's job settling
+    (done,) = result
+    assert (done.status, done.download_state) == ("completed", "done")
+    assert sandbox.gateway.jobs[job.request_id].media_requests == 1
+    assert sandbox.gateway.submit_count == 1
+
+
+async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another_within_the_lease(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    async with open_runtime(replica("b")) as b:
+        async with open_runtime(replica("a")) as a:
+            job = (await a.engine.submit(t2v(HELD + "a heron takes off"))).job
+            assert job.request_id is not None
+        stopped = time.monotonic()  # a's drivers are gone; its lease is left to lapse, as a killed one's is
+        sandbox.gateway.finish(job.request_id)
+        with anyio.fail_after(20):
+            done = await b.engine.wait(job.id, 20)
+        took = time.monotonic() - stopped
+    assert (done.status, done.download_state) == ("completed", "done")
+    # The lease lapses, b's next scan takes the job, its first poll finds it done (plus a download and slack).
+    assert took < LEASE_S + b.engine.leases.scan_interval + b.engine.config.poll_interval * 1.5 + 1.0
+    assert sandbox.gateway.submit_count == 1
+    assert sandbox.gateway.jobs[job.request_id].media_requests == 1
+
+
+# PostgreSQL only: on SQLite there is no bus between processes, so a webhook taken by a replica that does not drive
+# the job waits for the driver's next poll (README, "Several replicas").
+@pytest.mark.parametrize("ledger_kind", ["postgres"])
+async def test_a_webhook_on_a_replica_that_does_not_drive_the_job_makes_the_driver_poll(
+    replica: Callable[..., Settings], sandbox: Any
+) -> None:
+    slow = {"public_url": "http://127.0.0.1:9", "webhook_poll_interval": 600.0}  # polls only when rung
+    async with open_runtime(replica("a", **slow)) as a, open_runtime(replica("b", **slow)) as b:
+        job = (await a.engine.submit(t2v(HELD + "a heron calls"))).job
+        assert job.request_id is not None
+        assert job.webhook_token is not None
+        sandbox.gateway.finish(job.request_id)
+        with anyio.fail_after(20):
+            await sandbox.gateway.wait_rendered(job.request_id)  # a webhook comes once the job is done
+            status, _ = await b.engine.on_webhook(job.webhook_token, {"request_id": job.request_id})
+            assert status == 202  # handed to the driving replica over the ledger's bus
+            done = await b.engine.wait(job.id, 15)
+    assert done.status == "completed"
+
+
+async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_never_sent_again(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    from kling_mcp.store import open_ledger
+
+    settings = replica("a")
+    # What replica a leaves when it dies between recording a job and hearing the gateway: a leased 'submitting' row.
+    dead = open_ledger(settings.database_url, settings.resolved_state_dir / "ledger.sqlite3", replica="a")
+    job, _ = await dead.create(t2v("cut off mid-submit"), mode="sandbox", lease_seconds=LEASE_S)
+    await dead.aclose()
+    async with open_runtime(replica("b")) as b:
+        with anyio.fail_after(20):
+            done = await b.engine.wait(job.job_id, 20)
+    assert done.status == "unknown"
+    assert done.error is not None
+    assert "may or may not have accepted" in done.error
+    assert sandbox.gateway.submit_count == 0
