@@ -28,8 +28,8 @@ from kling_mcp.errors import InvalidInputError, JobNotFoundError, Measured
 from kling_mcp.models import (
     DOWNLOAD_OWED,
     FINAL,
-    GATEWAY_FAILED,
     LOCAL_OWNER,
+    NOT_REUSED,
     Column,
     DownloadState,
     GenerationRequest,
@@ -195,7 +195,7 @@ def _existing(
                 )
             return job
     if since is not None:
-        failed = sorted(GATEWAY_FAILED)
+        failed = sorted(NOT_REUSED)
         row = conn.execute(
             "SELECT * FROM jobs WHERE principal = ? AND fingerprint = ? AND created_at >= ? "
             f"AND status NOT IN ({_marks(failed)}) ORDER BY created_at DESC LIMIT 1",
