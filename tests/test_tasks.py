@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import pytest
 from mcp import Client, MCPError
-from mcp.client import ClientExtension, advertise
+from mcp.client import ClientExtension
 from mcp.client.extension import NotificationBinding, ResultClaim
 from mcp.server.mcpserver import MCPServer
-from mcp.types import CallToolResult, NotificationParams, Request, RequestParams, Result
+from mcp.types import (
+    CallToolResult,
+    ElicitRequestParams,
+    ElicitResult,
+    InputRequiredResult,
+    NotificationParams,
+    Request,
+    RequestParams,
+    Result,
+    SubscriptionFilter,
+    SubscriptionsListenRequest,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+)
 from pydantic import ConfigDict, Field
 
 from kling_mcp.config import Settings
 from kling_mcp.server import build_server
 from kling_mcp.server.tasks import EXTENSION
+
+HOLD = "[sandbox:hold] "  # the sandbox keeps the job processing until the test finishes it
+ALICE = "tok_alice_Tasks_Distinct_1"
+BOB = "tok_bob_Tasks_Distinct_2"
+MISSING = "kling-video-v3-turbo-pro-text-to-video_00000000-0000-0000-0000-000000000000"
 
 pytestmark = pytest.mark.anyio
 
@@ -106,25 +125,265 @@ async def until_settled(client: Client, task_id: str) -> Task:
         await anyio.sleep((task.poll_interval_ms or 50) / 1000)
 
 
-async def test_a_generation_from_a_declaring_client_is_a_task_that_completes_with_the_plain_result(
-    settings: Settings,
+async def cancel_task(client: Client, task_id: str) -> Result:
+    return await client.session.send_request(CancelTask(params=TaskParams(task_id=task_id)), Result)
+
+
+async def create(client: Client, prompt: str, **args: Any) -> CreatedTask:
+    created = await call(client, "generate_video", {"prompt": prompt, "duration": 3, **args})
+    assert isinstance(created, CreatedTask), created
+    return created
+
+
+def as_result(task: Task) -> CallToolResult:
+    assert task.status == "completed", task
+    assert task.result is not None
+    return CallToolResult.model_validate(task.result)
+
+
+# --- negotiation --------------------------------------------------------------------------------------------
+
+
+async def test_the_server_advertises_tasks_and_only_declaring_clients_get_one(settings: Settings, sandbox: Any) -> None:
+    server = build_server(settings)
+    with anyio.fail_after(30):
+        async with Client(server) as plain, Client(server, mode="legacy") as legacy:
+            advertised = plain.server_capabilities.extensions or {}
+            result = await plain.session.call_tool("generate_video", {"prompt": "no tasks here", "duration": 3})
+            old = await legacy.call_tool("generate_video", {"prompt": "nor here", "duration": 3})
+            with pytest.raises(MCPError) as refused:
+                await get_task(plain, str(result.structured_content["request_id"]))  # type: ignore[index]
+    assert advertised.get(EXTENSION) == {}
+    assert isinstance(result, CallToolResult)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "completed"  # waited, exactly as before
+    assert old.structured_content is not None
+    assert old.structured_content["status"] == "completed"
+    assert refused.value.error.code == -32021
+    assert refused.value.error.data == {"requiredCapabilities": {"extensions": {EXTENSION: {}}}}
+
+
+async def test_tools_that_are_not_generations_answer_declaring_clients_as_before(settings: Settings) -> None:
+    async with tasks_client(build_server(settings)) as client:
+        listed = await call(client, "list_jobs", {})
+    assert isinstance(listed, CallToolResult)
+    assert not listed.is_error
+
+
+# --- create, get, complete ---------------------------------------------------------------------------------
+
+
+async def test_a_task_is_durable_when_created_and_completes_with_the_result_a_plain_call_returns(
+    settings: Settings, sandbox: Any
 ) -> None:
     server = build_server(settings)
     with anyio.fail_after(30):
         async with tasks_client(server) as client:
-            created = await call(client, "generate_video", {"prompt": "a kite as a task", "duration": 3})
-            assert isinstance(created, CreatedTask), created
+            created = await create(client, HOLD + "a kite as a task")
             first = await get_task(client, created.task_id)
+            sandbox.gateway.finish(created.task_id)
             done = await until_settled(client, created.task_id)
         async with Client(server) as plain:
             again = await plain.call_tool("check_status", {"request_id": created.task_id})
     assert created.status == "working"
-    assert first.status in {"working", "completed"}
-    assert done.status == "completed"
-    assert done.result is not None
-    result = CallToolResult.model_validate(done.result)
+    assert first.status == "working"
+    assert created.poll_interval_ms == round(settings.poll_interval * 1000)
+    assert created.ttl_ms == round(settings.retention_days * 86400 * 1000)
+    assert created.status_message is not None
+    assert created.task_id in created.status_message
+    assert "elapsed" in created.status_message
+    assert "% by the estimate" in created.status_message
+    result = as_result(done)
     assert result.structured_content == again.structured_content
     assert result.content == again.content
     assert result.is_error is False
+    assert again.structured_content is not None
+    assert again.structured_content["status"] == "completed"
     assert done.poll_interval_ms is None  # nothing left to poll for
-    assert done.ttl_ms == round(settings.retention_days * 86400 * 1000)
+    assert sandbox.gateway.submit_count == 1
+
+
+async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(
+    settings: Settings, sandbox: Any
+) -> None:
+    with anyio.fail_after(30):
+        async with tasks_client(build_server(settings)) as client:
+            created = await create(client, HOLD + "refused later")
+            sandbox.gateway.finish(created.task_id, "FAILED")
+            done = await until_settled(client, created.task_id)
+    result = as_result(done)
+    assert result.is_error is True
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "failed"
+    assert "FAILED" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_bad_arguments_are_the_tools_own_error_and_no_task(settings: Settings, sandbox: Any) -> None:
+    async with tasks_client(build_server(settings)) as client:
+        result = await call(client, "generate_video", {"prompt": "x", "duration": 99})
+    assert isinstance(result, CallToolResult)
+    assert result.is_error
+    assert "duration" in result.content[0].text  # type: ignore[union-attr]
+    assert sandbox.gateway.submit_count == 0
+
+
+async def test_a_dedupe_hit_on_a_finished_job_answers_at_once_and_on_a_running_one_with_its_task(
+    settings: Settings, sandbox: Any
+) -> None:
+    server = build_server(settings)
+    with anyio.fail_after(30):
+        async with Client(server) as plain, tasks_client(server) as client:
+            finished = await plain.call_tool("generate_video", {"prompt": "made before", "duration": 3})
+            hit = await call(client, "generate_video", {"prompt": "made before", "duration": 3})
+            running = await create(client, HOLD + "still running")
+            joined = await call(client, "generate_video", {"prompt": HOLD + "still running", "duration": 3})
+    assert isinstance(hit, CallToolResult)
+    assert hit.structured_content is not None
+    assert finished.structured_content is not None
+    assert hit.structured_content["request_id"] == finished.structured_content["request_id"]
+    assert hit.structured_content["reused"] is True
+    assert hit.structured_content["status"] == "completed"
+    assert isinstance(joined, CreatedTask)
+    assert joined.task_id == running.task_id
+    assert sandbox.gateway.submit_count == 2
+
+
+async def test_spend_confirmation_is_settled_on_the_call_before_the_task_exists(
+    settings: Settings, sandbox: Any
+) -> None:
+    async def never(context: Any, params: ElicitRequestParams) -> ElicitResult:
+        raise AssertionError("the test answers the input request itself")
+
+    live = settings.with_(mode="live", api_key="sk_live_tasks_test", confirm_above_seconds=5, allow_private_urls=True)
+    args = {"prompt": HOLD + "big", "duration": 10}
+    with anyio.fail_after(30):
+        async with Client(build_server(live), extensions=[TasksClient()], elicitation_callback=never) as client:
+            asked = await client.session.call_tool(
+                "generate_video", args, allow_input_required=True, allow_claimed=True
+            )
+            assert isinstance(asked, InputRequiredResult)
+            submitted_before_answer = sandbox.gateway.submit_count
+            (key,) = asked.input_requests
+            answer = ElicitResult(action="accept", content={"confirm": True})
+            created = await client.session.call_tool(
+                "generate_video",
+                args,
+                input_responses={key: answer},
+                request_state=asked.request_state,
+                allow_input_required=True,
+                allow_claimed=True,
+            )
+            assert isinstance(created, CreatedTask), created
+            got = await get_task(client, created.task_id)
+    assert submitted_before_answer == 0
+    assert got.status == "working"
+    assert sandbox.gateway.submit_count == 1
+
+
+# --- restarts, cancel ----------------------------------------------------------------------------------------
+
+
+async def test_a_task_created_before_a_restart_is_answered_after_it(settings: Settings, sandbox: Any) -> None:
+    with anyio.fail_after(30):
+        async with tasks_client(build_server(settings)) as before:
+            created = await create(before, HOLD + "across a restart")
+        sandbox.gateway.finish(created.task_id)
+        async with tasks_client(build_server(settings)) as after:  # a new server on the same state folder
+            done = await until_settled(after, created.task_id)
+    result = as_result(done)
+    assert result.structured_content is not None
+    assert result.structured_content["request_id"] == created.task_id
+    assert result.structured_content["status"] == "completed"
+    assert done.created_at == created.created_at
+
+
+async def test_a_cancelled_task_ends_cancelled_is_not_downloaded_and_stays_listed(
+    settings: Settings, sandbox: Any
+) -> None:
+    server = build_server(settings)
+    with anyio.fail_after(30):
+        async with tasks_client(server) as client:
+            created = await create(client, HOLD + "changed my mind")
+            ack = await cancel_task(client, created.task_id)
+            cancelled = await get_task(client, created.task_id)
+            sandbox.gateway.finish(created.task_id)  # the gateway renders it anyway: it has no cancel
+            again = await cancel_task(client, created.task_id)  # cancelling twice is acknowledged too
+            listed = await call(client, "list_jobs", {"status": "cancelled"})
+            status = await call(client, "check_status", {"request_id": created.task_id, "wait_seconds": 0})
+    assert ack.model_dump(exclude={"meta"}) == again.model_dump(exclude={"meta"})
+    assert set(ack.model_dump(exclude_none=True)) <= {"meta", "result_type"}  # an empty acknowledgement
+    assert cancelled.status == "cancelled"
+    assert cancelled.result is None
+    message = cancelled.status_message or ""
+    assert "gateway has no cancel" in message
+    assert "may still" in message
+    assert "charged" in message
+    assert "will not download" in message
+    assert isinstance(listed, CallToolResult)
+    assert listed.structured_content is not None
+    assert [j["request_id"] for j in listed.structured_content["jobs"]] == [created.task_id]
+    assert isinstance(status, CallToolResult)
+    assert status.structured_content is not None
+    assert status.structured_content["status"] == "cancelled"
+    assert status.structured_content["local_path"] is None
+    assert status.structured_content["download"] == "off"
+    assert not list((settings.output_dir or Path()).glob("*.mp4"))
+
+
+# --- notifications -------------------------------------------------------------------------------------------
+
+
+def listen_request(task_ids: list[str], **kinds: Any) -> SubscriptionsListenRequest:
+    wanted = SubscriptionFilter.model_validate({"taskIds": task_ids, **kinds})
+    return SubscriptionsListenRequest(params=SubscriptionsListenRequestParams(notifications=wanted))
+
+
+async def test_a_listen_stream_carries_each_task_whole_until_it_completes(settings: Settings, sandbox: Any) -> None:
+    ext = TasksClient()
+    server = build_server(settings)
+    with anyio.fail_after(30):
+        async with tasks_client(server, ext) as client, tasks_client(server) as other:
+            created = await create(client, HOLD + "tell me when")
+            mine_not = await create(other, HOLD + "someone else's")
+
+            async with anyio.create_task_group() as tg:
+
+                async def listen() -> None:
+                    request = listen_request([created.task_id, MISSING])
+                    await client.session.send_request(request, SubscriptionsListenResult)
+
+                tg.start_soon(listen)
+                while not ext.notes:
+                    await ext.arrived.wait()
+                    ext.arrived = anyio.Event()
+                sandbox.gateway.finish(mine_not.task_id)
+                sandbox.gateway.finish(created.task_id)
+                while ext.notes[-1]["status"] == "working":
+                    await ext.arrived.wait()
+                    ext.arrived = anyio.Event()
+                tg.cancel_scope.cancel()
+            got = await get_task(client, created.task_id)
+    assert {n["taskId"] for n in ext.notes} == {created.task_id}
+    assert ext.notes[0]["status"] == "working"
+    last = ext.notes[-1]
+    assert last["status"] == "completed"
+    tasks_get = got.model_dump(by_alias=True, exclude_none=True, exclude={"meta"})
+    assert {k: v for k, v in last.items() if k != "_meta"} == {k: v for k, v in tasks_get.items() if k != "resultType"}
+    assert "io.modelcontextprotocol/subscriptionId" in last["_meta"]
+
+
+async def test_listening_for_tasks_without_declaring_the_extension_is_refused(settings: Settings) -> None:
+    async with Client(build_server(settings)) as plain:
+        with pytest.raises(MCPError) as refused:
+            await plain.session.send_request(listen_request(["any"]), SubscriptionsListenResult)
+    assert refused.value.error.code == -32021
+
+
+async def test_unknown_task_ids_are_invalid_params(settings: Settings) -> None:
+    async with tasks_client(build_server(settings)) as client:
+        with pytest.raises(MCPError) as unknown:
+            await get_task(client, MISSING)
+        with pytest.raises(MCPError) as cancel:
+            await cancel_task(client, MISSING)
+    assert unknown.value.error.code == cancel.value.error.code == -32602
+    assert unknown.value.error.message == "Failed to retrieve task: Task not found"

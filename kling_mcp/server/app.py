@@ -22,6 +22,7 @@ from kling_mcp.server.protocol import CallerKind, LegacyMethods, register_comple
 from kling_mcp.server.resources import BlobReads, register_resources
 from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
 from kling_mcp.server.state import AppState, Startup, StateRef
+from kling_mcp.server.task_listen import TaskListen
 from kling_mcp.server.tasks import Tasks
 from kling_mcp.server.tools import TOOLS
 
@@ -97,7 +98,7 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         subscriptions=bus,
         tools=_tools(),
         extensions=[Tasks()],
-        middleware=[CallerKind(), LegacyMethods(), BlobReads()],
+        middleware=[CallerKind(), LegacyMethods(), BlobReads(), TaskListen(bus)],
         **auth_options(settings),
     )
     register_routes(server, state_ref, settings)

@@ -114,7 +114,8 @@ def check_name_header(ctx: ServerRequestContext[Any, Any], task_id: str) -> None
         return  # not HTTP: no routing headers
     if decode_header_value(headers.get(MCP_NAME_HEADER)) != task_id:
         raise MCPError(
-            code=HEADER_MISMATCH, message=f"{MCP_NAME_HEADER} header does not match the request body's 'taskId' parameter"
+            code=HEADER_MISMATCH,
+            message=f"{MCP_NAME_HEADER} header does not match the request body's 'taskId' parameter",
         )
 
 
