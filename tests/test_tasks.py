@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client import ClientExtension
@@ -32,6 +34,7 @@ from pydantic import ConfigDict, Field
 from kling_mcp.config import Settings
 from kling_mcp.server import build_server
 from kling_mcp.server.tasks import EXTENSION
+from tests.test_http_security import serve
 
 HOLD = "[sandbox:hold] "  # the sandbox keeps the job processing until the test finishes it
 ALICE = "tok_alice_Tasks_Distinct_1"
@@ -59,7 +62,7 @@ class Task(Result):
 class CreatedTask(Task):
     """``CreateTaskResult``: the task, tagged."""
 
-    result_type: Literal["task"] = Field(default="task", alias="resultType")  # type: ignore[assignment]
+    result_type: Literal["task"] = Field(default="task", alias="resultType")
 
 
 class TaskParams(RequestParams):
@@ -152,7 +155,7 @@ async def test_the_server_advertises_tasks_and_only_declaring_clients_get_one(se
             result = await plain.session.call_tool("generate_video", {"prompt": "no tasks here", "duration": 3})
             old = await legacy.call_tool("generate_video", {"prompt": "nor here", "duration": 3})
             with pytest.raises(MCPError) as refused:
-                await get_task(plain, str(result.structured_content["request_id"]))  # type: ignore[index]
+                await get_task(plain, str(result.structured_content["request_id"]))
     assert advertised.get(EXTENSION) == {}
     assert isinstance(result, CallToolResult)
     assert result.structured_content is not None
@@ -263,7 +266,7 @@ async def test_spend_confirmation_is_settled_on_the_call_before_the_task_exists(
             )
             assert isinstance(asked, InputRequiredResult)
             submitted_before_answer = sandbox.gateway.submit_count
-            (key,) = asked.input_requests
+            (key,) = asked.input_requests or {}
             answer = ElicitResult(action="accept", content={"confirm": True})
             created = await client.session.call_tool(
                 "generate_video",
@@ -387,3 +390,61 @@ async def test_unknown_task_ids_are_invalid_params(settings: Settings) -> None:
             await cancel_task(client, MISSING)
     assert unknown.value.error.code == cancel.value.error.code == -32602
     assert unknown.value.error.message == "Failed to retrieve task: Task not found"
+
+
+# --- over streamable HTTP: owners and the Mcp-Name routing header ------------------------------------------------
+
+_ids = iter(range(1, 10_000))
+
+
+async def rpc(
+    http: httpx2.AsyncClient, method: str, params: dict[str, Any], *, name: str | None, token: str
+) -> tuple[int, dict[str, Any]]:
+    """One raw 2026-07-28 request from a client that declares the extension; (HTTP status, JSON-RPC message)."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+        "Authorization": f"Bearer {token}",
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    body = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": {**params, "_meta": meta}}
+    response = await http.post("/mcp", json=body, headers=headers)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        frames = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+        return response.status_code, next(f for f in frames if "id" in f)
+    return response.status_code, response.json()
+
+
+async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(settings: Settings) -> None:
+    team = settings.with_(auth_tokens=(f"alice={ALICE}", f"bob={BOB}"))
+    with anyio.fail_after(30):
+        async with serve(team) as base, httpx2.AsyncClient(base_url=base, timeout=20) as http:
+            args = {"name": "generate_video", "arguments": {"prompt": HOLD + "alice's", "duration": 3}}
+            _, created = await rpc(http, "tools/call", args, name="generate_video", token=ALICE)
+            task_id = created["result"]["taskId"]
+            _, mine = await rpc(http, "tasks/get", {"taskId": task_id}, name=task_id, token=ALICE)
+            _, bobs = await rpc(http, "tasks/get", {"taskId": task_id}, name=task_id, token=BOB)
+            _, missing = await rpc(http, "tasks/get", {"taskId": MISSING}, name=MISSING, token=BOB)
+            _, bob_cancels = await rpc(http, "tasks/cancel", {"taskId": task_id}, name=task_id, token=BOB)
+            _, still = await rpc(http, "tasks/get", {"taskId": task_id}, name=task_id, token=ALICE)
+            wrong = await rpc(http, "tasks/get", {"taskId": task_id}, name=MISSING, token=ALICE)
+            absent = await rpc(http, "tasks/cancel", {"taskId": task_id}, name=None, token=ALICE)
+            sdk_own = await rpc(http, "tools/call", args, name="list_jobs", token=ALICE)
+            _, after = await rpc(http, "tasks/get", {"taskId": task_id}, name=task_id, token=ALICE)
+    assert created["result"]["resultType"] == "task"
+    assert mine["result"]["status"] == "working"
+    assert bobs["error"] == missing["error"]  # another owner's task reads exactly like an unknown one
+    assert bobs["error"]["code"] == -32602
+    assert bob_cancels["error"] == missing["error"]
+    assert still["result"]["status"] == "working"
+    # Refused as the SDK refuses its own routing-header mismatches: the same HTTP status and JSON-RPC code.
+    assert wrong[0] == absent[0] == sdk_own[0] == 400
+    assert wrong[1]["error"]["code"] == absent[1]["error"]["code"] == sdk_own[1]["error"]["code"] == -32020
+    assert "mcp-name header does not match" in wrong[1]["error"]["message"]
+    assert after["result"]["status"] == "working"  # the refused cancel did nothing
