@@ -110,6 +110,13 @@ async def tasks_client(server: MCPServer[Any], ext: ClientExtension | None = Non
         yield client
 
 
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    """A declaring client on a server of its own."""
+    async with tasks_client(build_server(settings)) as connected:
+        yield connected
+
+
 async def call(client: Client, tool: str, args: dict[str, Any]) -> CreatedTask | CallToolResult:
     result = await client.session.call_tool(tool, args, allow_claimed=True)
     assert isinstance(result, CreatedTask | CallToolResult), result
@@ -166,9 +173,8 @@ async def test_the_server_advertises_tasks_and_only_declaring_clients_get_one(se
     assert refused.value.error.data == {"requiredCapabilities": {"extensions": {EXTENSION: {}}}}
 
 
-async def test_tools_that_are_not_generations_answer_declaring_clients_as_before(settings: Settings) -> None:
-    async with tasks_client(build_server(settings)) as client:
-        listed = await call(client, "list_jobs", {})
+async def test_tools_that_are_not_generations_answer_declaring_clients_as_before(client: Client) -> None:
+    listed = await call(client, "list_jobs", {})
     assert isinstance(listed, CallToolResult)
     assert not listed.is_error
 
@@ -206,14 +212,11 @@ async def test_a_task_is_durable_when_created_and_completes_with_the_result_a_pl
     assert sandbox.gateway.submit_count == 1
 
 
-async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(
-    settings: Settings, sandbox: Any
-) -> None:
+async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(client: Client, sandbox: Any) -> None:
     with anyio.fail_after(30):
-        async with tasks_client(build_server(settings)) as client:
-            created = await create(client, HOLD + "refused later")
-            sandbox.gateway.finish(created.task_id, "FAILED")
-            done = await until_settled(client, created.task_id)
+        created = await create(client, HOLD + "refused later")
+        sandbox.gateway.finish(created.task_id, "FAILED")
+        done = await until_settled(client, created.task_id)
     result = as_result(done)
     assert result.is_error is True
     assert result.structured_content is not None
@@ -221,9 +224,8 @@ async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(
     assert "FAILED" in result.content[0].text  # type: ignore[union-attr]
 
 
-async def test_bad_arguments_are_the_tools_own_error_and_no_task(settings: Settings, sandbox: Any) -> None:
-    async with tasks_client(build_server(settings)) as client:
-        result = await call(client, "generate_video", {"prompt": "x", "duration": 99})
+async def test_bad_arguments_are_the_tools_own_error_and_no_task(client: Client, sandbox: Any) -> None:
+    result = await call(client, "generate_video", {"prompt": "x", "duration": 99})
     assert isinstance(result, CallToolResult)
     assert result.is_error
     assert "duration" in result.content[0].text  # type: ignore[union-attr]
@@ -301,18 +303,16 @@ async def test_a_task_created_before_a_restart_is_answered_after_it(settings: Se
 
 
 async def test_a_cancelled_task_ends_cancelled_is_not_downloaded_and_stays_listed(
-    settings: Settings, sandbox: Any
+    settings: Settings, client: Client, sandbox: Any
 ) -> None:
-    server = build_server(settings)
     with anyio.fail_after(30):
-        async with tasks_client(server) as client:
-            created = await create(client, HOLD + "changed my mind")
-            ack = await cancel_task(client, created.task_id)
-            cancelled = await get_task(client, created.task_id)
-            sandbox.gateway.finish(created.task_id)  # the gateway renders it anyway: it has no cancel
-            again = await cancel_task(client, created.task_id)  # cancelling twice is acknowledged too
-            listed = await call(client, "list_jobs", {"status": "cancelled"})
-            status = await call(client, "check_status", {"request_id": created.task_id, "wait_seconds": 0})
+        created = await create(client, HOLD + "changed my mind")
+        ack = await cancel_task(client, created.task_id)
+        cancelled = await get_task(client, created.task_id)
+        sandbox.gateway.finish(created.task_id)  # the gateway renders it anyway: it has no cancel
+        again = await cancel_task(client, created.task_id)  # cancelling twice is acknowledged too
+        listed = await call(client, "list_jobs", {"status": "cancelled"})
+        status = await call(client, "check_status", {"request_id": created.task_id, "wait_seconds": 0})
     assert ack.model_dump(exclude={"meta"}) == again.model_dump(exclude={"meta"})
     assert set(ack.model_dump(exclude_none=True)) <= {"meta", "result_type"}  # an empty acknowledgement
     assert cancelled.status == "cancelled"
@@ -382,12 +382,11 @@ async def test_listening_for_tasks_without_declaring_the_extension_is_refused(se
     assert refused.value.error.code == -32021
 
 
-async def test_unknown_task_ids_are_invalid_params(settings: Settings) -> None:
-    async with tasks_client(build_server(settings)) as client:
-        with pytest.raises(MCPError) as unknown:
-            await get_task(client, MISSING)
-        with pytest.raises(MCPError) as cancel:
-            await cancel_task(client, MISSING)
+async def test_unknown_task_ids_are_invalid_params(client: Client) -> None:
+    with pytest.raises(MCPError) as unknown:
+        await get_task(client, MISSING)
+    with pytest.raises(MCPError) as cancel:
+        await cancel_task(client, MISSING)
     assert unknown.value.error.code == cancel.value.error.code == -32602
     assert unknown.value.error.message == "Failed to retrieve task: Task not found"
 
