@@ -212,10 +212,9 @@ async def test_a_task_is_durable_when_created_and_completes_with_the_result_a_pl
     assert sandbox.gateway.submit_count == 1
 
 
-async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(client: Client, sandbox: Any) -> None:
+async def test_a_failed_generation_is_a_completed_task_whose_result_is_an_error(client: Client) -> None:
     with anyio.fail_after(30):
-        created = await create(client, HOLD + "refused later")
-        sandbox.gateway.finish(created.task_id, "FAILED")
+        created = await create(client, "[sandbox:fail] refused by the gateway's moderation")  # no wait: a task
         done = await until_settled(client, created.task_id)
     result = as_result(done)
     assert result.is_error is True
