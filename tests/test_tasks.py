@@ -77,6 +77,14 @@ class CancelTask(Request[TaskParams, Literal["tasks/cancel"]]):
     method: Literal["tasks/cancel"] = "tasks/cancel"
 
 
+class UpdateParams(TaskParams):
+    input_responses: dict[str, Any] = Field(alias="inputResponses")
+
+
+class UpdateTask(Request[UpdateParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
+
+
 class TaskNote(NotificationParams):
     model_config = ConfigDict(extra="allow")
 
@@ -163,6 +171,8 @@ async def test_the_server_advertises_tasks_and_only_declaring_clients_get_one(se
             old = await legacy.call_tool("generate_video", {"prompt": "nor here", "duration": 3})
             with pytest.raises(MCPError) as refused:
                 await get_task(plain, str(result.structured_content["request_id"]))
+            with pytest.raises(MCPError) as not_in_that_era:
+                await get_task(legacy, str(result.structured_content["request_id"]))
     assert advertised.get(EXTENSION) == {}
     assert isinstance(result, CallToolResult)
     assert result.structured_content is not None
@@ -170,11 +180,18 @@ async def test_the_server_advertises_tasks_and_only_declaring_clients_get_one(se
     assert old.structured_content is not None
     assert old.structured_content["status"] == "completed"
     assert refused.value.error.code == -32021
+    assert not_in_that_era.value.error.code == -32601  # the extension is a 2026-07-28 one
     assert refused.value.error.data == {"requiredCapabilities": {"extensions": {EXTENSION: {}}}}
 
 
 async def test_tools_that_are_not_generations_answer_declaring_clients_as_before(client: Client) -> None:
     listed = await call(client, "list_jobs", {})
+    created = await create(client, HOLD + "nothing to ask")
+    answers = UpdateParams(task_id=created.task_id, input_responses={"never-asked": {"action": "accept"}})
+    acknowledged = await client.session.send_request(UpdateTask(params=answers), Result)  # nothing outstanding
+    still = await get_task(client, created.task_id)
+    assert set(acknowledged.model_dump(exclude_none=True)) <= {"meta", "result_type"}
+    assert still.status == "working"
     assert isinstance(listed, CallToolResult)
     assert not listed.is_error
 
@@ -386,6 +403,9 @@ async def test_unknown_task_ids_are_invalid_params(client: Client) -> None:
         await get_task(client, MISSING)
     with pytest.raises(MCPError) as cancel:
         await cancel_task(client, MISSING)
+    with pytest.raises(MCPError) as update:
+        await client.session.send_request(UpdateTask(params=UpdateParams(task_id=MISSING, input_responses={})), Result)
+    assert update.value.error.code == -32602
     assert unknown.value.error.code == cancel.value.error.code == -32602
     assert unknown.value.error.message == "Failed to retrieve task: Task not found"
 
@@ -395,20 +415,27 @@ async def test_unknown_task_ids_are_invalid_params(client: Client) -> None:
 _ids = iter(range(1, 10_000))
 
 
-async def rpc(
-    http: httpx2.AsyncClient, method: str, params: dict[str, Any], *, name: str | None, token: str
-) -> tuple[int, dict[str, Any]]:
-    """One raw 2026-07-28 request from a client that declares the extension; (HTTP status, JSON-RPC message)."""
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}},
-    }
-    headers = {
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}},
+}
+
+
+def headers_for(method: str, token: str) -> dict[str, str]:
+    return {
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2026-07-28",
         "Mcp-Method": method,
         "Authorization": f"Bearer {token}",
     }
+
+
+async def rpc(
+    http: httpx2.AsyncClient, method: str, params: dict[str, Any], *, name: str | None, token: str
+) -> tuple[int, dict[str, Any]]:
+    """One raw 2026-07-28 request from a client that declares the extension; (HTTP status, JSON-RPC message)."""
+    meta = META
+    headers = headers_for(method, token)
     if name is not None:
         headers["Mcp-Name"] = name
     body = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": {**params, "_meta": meta}}
@@ -417,6 +444,22 @@ async def rpc(
         frames = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
         return response.status_code, next(f for f in frames if "id" in f)
     return response.status_code, response.json()
+
+
+async def first_listen_frame(http: httpx2.AsyncClient, task_id: str, token: str) -> dict[str, Any]:
+    """The acknowledgement a raw listen stream for one task starts with."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": next(_ids),
+        "method": "subscriptions/listen",
+        "params": {"notifications": {"taskIds": [task_id]}, "_meta": META},
+    }
+    headers = {**headers_for("subscriptions/listen", token)}
+    async with http.stream("POST", "/mcp", json=body, headers=headers) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                return dict(json.loads(line[5:]))
+    raise AssertionError(f"the listen stream ended without a frame (HTTP {response.status_code})")
 
 
 async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(settings: Settings) -> None:
@@ -435,6 +478,8 @@ async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(
             absent = await rpc(http, "tasks/cancel", {"taskId": task_id}, name=None, token=ALICE)
             sdk_own = await rpc(http, "tools/call", args, name="list_jobs", token=ALICE)
             _, after = await rpc(http, "tasks/get", {"taskId": task_id}, name=task_id, token=ALICE)
+            alice_hears = await first_listen_frame(http, task_id, ALICE)
+            bob_hears = await first_listen_frame(http, task_id, BOB)
     assert created["result"]["resultType"] == "task"
     assert mine["result"]["status"] == "working"
     assert bobs["error"] == missing["error"]  # another owner's task reads exactly like an unknown one
@@ -446,3 +491,5 @@ async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(
     assert wrong[1]["error"]["code"] == absent[1]["error"]["code"] == sdk_own[1]["error"]["code"] == -32020
     assert "mcp-name header does not match" in wrong[1]["error"]["message"]
     assert after["result"]["status"] == "working"  # the refused cancel did nothing
+    assert alice_hears["params"]["notifications"]["taskIds"] == [task_id]
+    assert bob_hears["params"]["notifications"]["taskIds"] == []  # another owner's task is not honoured
