@@ -34,6 +34,7 @@ from kling_mcp.feed import Feed
 from kling_mcp.files import stale_temps, video_name
 from kling_mcp.leases import Leases
 from kling_mcp.models import (
+    CANCELLED,
     DOWNLOAD_OWED,
     GATEWAY_FAILED,
     LOCAL_OWNER,
@@ -58,6 +59,11 @@ _JITTER = random.Random()  # own instance: jitter must not consume (or be steere
 # Consecutive polls answered 404 after which a job is given up as unknown to the gateway. A few, not one: a gateway
 # may not know an id it has just handed out for a moment. Not zero: a forgotten id would be polled forever.
 NOT_FOUND_POLLS: Final = 5
+
+CANCELLED_TEXT: Final = (
+    "Cancelled: the server stopped following this job and will not download its video. The gateway has no cancel, "
+    "so the generation may still run and be charged."
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +246,14 @@ class JobEngine:
             job = await self._set(job, download_state="pending", download_attempts=0)
         self._drive(job)
         return job
+
+    async def cancel(self, any_id: str, *, owner: str | None = None) -> Job:
+        """Stops following the owner's unfinished job: it ends 'cancelled' and is never downloaded. A job already
+        final stays as it is. The gateway has no cancel, so a submitted generation may still run and be billed."""
+        job = await self.store.get(any_id, owner=owner)
+        if job.final:
+            return job
+        return await self._set(job, status=CANCELLED, finished_at=self._clock(), error=CANCELLED_TEXT)
 
     async def wait(
         self,

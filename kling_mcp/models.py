@@ -29,20 +29,33 @@ Endpoint = Literal["text_to_video", "image_to_video"]
 
 # The five states a gateway answer is normalised onto (docs/pixazo-contract.md §5 Status polling and status values).
 GatewayState = Literal["queued", "processing", "completed", "failed", "error"]
-# A job adds two of its own: 'submitting' before the gateway has answered the submit, 'unknown' when it never will.
-JobStatus = Literal["submitting", GatewayState, "unknown"]
+# A job adds three of its own: 'submitting' before the gateway has answered the submit, 'unknown' when it never will,
+# 'cancelled' when its client cancelled it (the server stops following it; the gateway has no cancel).
+JobStatus = Literal["submitting", GatewayState, "unknown", "cancelled"]
+CANCELLED: Final[JobStatus] = "cancelled"  # the one status nothing moves a job out of
 
 RUNNING: Final[frozenset[JobStatus]] = frozenset({"queued", "processing"})  # at the gateway, polled until final
 ACTIVE: Final[frozenset[JobStatus]] = RUNNING | {"submitting"}  # counts against KLING_MCP_MAX_ACTIVE_JOBS
-FINAL: Final[frozenset[JobStatus]] = frozenset({"completed", "failed", "error", "unknown"})
+FINAL: Final[frozenset[JobStatus]] = frozenset({"completed", "failed", "error", "unknown", "cancelled"})
 NO_VIDEO: Final[frozenset[JobStatus]] = FINAL - {"completed"}  # ended without a video: no download is owed
 GATEWAY_FAILED: Final[frozenset[JobStatus]] = frozenset({"failed", "error"})  # the gateway ended it without a video
+# Jobs an identical request does not get back (dedupe): they ended without a video nobody wants to pay for twice.
+NOT_REUSED: Final[frozenset[JobStatus]] = GATEWAY_FAILED | {"cancelled"}
 # ERROR is a system failure and not billed (docs/pixazo-contract.md §5 Status polling and status values).
 NOT_CHARGED: Final[frozenset[JobStatus]] = frozenset({"error"})
 # How far along a job is. A job never moves to a lower rank: a late or reordered answer (PROCESSING, then IN_QUEUE)
 # is ignored. A resubmit starts a new attempt, which is not a move of this kind.
 STATUS_RANK: Final[Mapping[JobStatus, int]] = MappingProxyType(
-    {"submitting": 0, "queued": 1, "processing": 2, "completed": 3, "failed": 3, "error": 3, "unknown": 3}
+    {
+        "submitting": 0,
+        "queued": 1,
+        "processing": 2,
+        "completed": 3,
+        "failed": 3,
+        "error": 3,
+        "unknown": 3,
+        "cancelled": 3,
+    }
 )
 
 DownloadState = Literal["off", "pending", "downloading", "done", "failed"]

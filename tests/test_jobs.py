@@ -332,6 +332,34 @@ async def test_the_dedupe_window_includes_its_boundary(rig: Rig) -> None:
     assert rig.gateway.submit_count == 2
 
 
+async def test_a_cancelled_job_is_no_longer_polled_downloaded_or_reused(rig: Rig) -> None:
+    polled: list[str] = []
+
+    async def record(request: httpx2.Request, forward: Forward) -> httpx2.Response:
+        if kind_of(request) == "status":
+            polled.append(request.url.path)
+        return await forward(request)
+
+    rig.tamper.hook = record
+    async with rig.runtime() as runtime:
+        made = (await runtime.engine.submit(t2v("[sandbox:hold] cancelled"))).job
+        cancelled = await runtime.engine.cancel(made.id)
+        at_cancel = sum(made.id in path for path in polled)
+        rig.gateway.finish(made.id)  # the gateway has no cancel: it renders the video anyway
+        again = await runtime.engine.submit(t2v("[sandbox:hold] cancelled"))  # not the cancelled job back
+        rig.gateway.finish(again.job.id)
+        await settle(runtime, again.job)  # many poll intervals, in which the cancelled job is left alone
+        after = await runtime.engine.cancel(made.id)
+    assert cancelled.status == after.status == "cancelled"
+    assert cancelled.settled
+    assert "no cancel" in (cancelled.error or "")
+    assert sum(made.id in path for path in polled) <= at_cancel + 1  # at most the poll already on its way
+    assert after.local_path is None
+    assert after.download_state == "off"
+    assert again.reused is False
+    assert rig.gateway.submit_count == 2
+
+
 async def test_the_built_in_sandbox_serves_the_routes_the_client_is_configured_to_call(tmp_path: Path) -> None:
     from kling_mcp.config import GatewayPaths
 

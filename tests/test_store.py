@@ -96,6 +96,16 @@ async def test_failed_jobs_are_not_reused_by_dedupe(ledger: Opener) -> None:
     assert second.job_id != first.job_id
 
 
+async def test_a_cancelled_job_keeps_its_status_against_a_late_driver_write(ledger: Opener) -> None:
+    store, other_replica = ledger(), ledger(replica="r2")
+    job, _ = await store.create(req(), mode="sandbox", dedupe_seconds=600)
+    await store.update(job.job_id, status="processing")
+    await store.update(job.job_id, status="cancelled", error="cancelled by its client")
+    late = await other_replica.update(job.job_id, status="completed", media_url="https://cdn.test/v.mp4")
+    assert (late.status, late.media_url, late.error) == ("cancelled", None, "cancelled by its client")
+    assert (await store.get(job.job_id)).status == "cancelled"
+
+
 async def test_concurrent_creates_from_two_connections_make_one_job_per_key(ledger: Opener) -> None:
     stores = [ledger(), ledger()]
     results: list[bool] = []

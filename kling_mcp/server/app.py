@@ -23,6 +23,8 @@ from kling_mcp.server.protocol import CallerKind, LegacyMethods, register_comple
 from kling_mcp.server.resources import BlobReads, register_resources
 from kling_mcp.server.schema import drop_null_optionals, explain_validation, shape_tool
 from kling_mcp.server.state import AppState, Startup, StateRef
+from kling_mcp.server.task_listen import TaskListen
+from kling_mcp.server.tasks import Tasks
 from kling_mcp.server.tools import TOOLS
 
 
@@ -104,8 +106,8 @@ def build_server(settings: Settings, *, transport: httpx2.AsyncBaseTransport | N
         lifespan=lifespan,
         subscriptions=bus,
         tools=_tools(),
-        middleware=[CallerKind(), LegacyMethods(), BlobReads(), player.gate],
-        extensions=[player.extension],
+        middleware=[CallerKind(), LegacyMethods(), BlobReads(), player.gate, TaskListen(bus)],
+        extensions=[player.extension, Tasks()],
         **auth_options(settings),
     )
     register_routes(server, state_ref, settings)

@@ -35,6 +35,8 @@ MEDIA_URL_TEXT_MAX_CHARS = 1000  # a longer (signed) URL is left to the structur
 # Whether the request being answered came from a remote (HTTP) caller; set per request by protocol.CallerKind. The
 # server's folders are not a remote caller's to know, so results name its files relative to the output folder.
 REMOTE_CALLER: ContextVar[bool] = ContextVar("kling_mcp_remote_caller", default=False)
+# Whether the call being answered becomes a task (tasks.py): it then submits and answers without waiting.
+AS_TASK: ContextVar[bool] = ContextVar("kling_mcp_as_task", default=False)
 
 
 def shown_path(path: str | Path | None, settings: Settings) -> str | None:
@@ -51,7 +53,10 @@ def shown_path(path: str | Path | None, settings: Settings) -> str | None:
 
 
 def wait_budget(requested: float | None, settings: Settings) -> float:
-    """How long a call waits: what it asked for, or the configured default, and never more than that default."""
+    """How long a call waits: what it asked for, or the configured default, and never more than that default; a
+    call answered with a task does not wait at all."""
+    if AS_TASK.get():
+        return 0.0
     return settings.max_wait if requested is None else min(requested, settings.max_wait)
 
 
@@ -123,7 +128,7 @@ def check_call(job_id: str, wait_s: float) -> str:
     return f'check_status(request_id="{job_id}", wait_seconds={wait_s:g})'
 
 
-def _iso(ts: float | None) -> str | None:
+def iso_time(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
 
 
@@ -171,8 +176,8 @@ def job_result(job: Job, *, runtime: "Runtime", reused: bool = False) -> JobResu
         mode=job.mode,
         params=_params(job),
         video_seconds=job.video_seconds,
-        created_at=_iso(job.created_at) or "",
-        finished_at=_iso(end),
+        created_at=iso_time(job.created_at) or "",
+        finished_at=iso_time(end),
         elapsed_s=round((end or now) - start, 2),
         eta_s=round(eta, 1) if eta is not None else None,
         attempts=job.attempts,
@@ -287,6 +292,8 @@ def _cost(result: JobResult, job: Job) -> str:
         return "Not billed: ERROR is a system failure."
     if result.status == "failed":
         return f"May bill {job.video_seconds} s of video (FAILED)."
+    if result.status == "cancelled":
+        return f"May bill {job.video_seconds} s of video: the gateway has no cancel."
     return f"Bills {job.video_seconds} s of video" + ("." if result.status == "completed" else " once it completes.")
 
 

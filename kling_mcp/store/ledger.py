@@ -20,7 +20,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Unpack
 
 from kling_mcp.errors import InvalidInputError, JobNotFoundError, Measured
-from kling_mcp.models import DOWNLOAD_OWED, FINAL, GATEWAY_FAILED, LOCAL_OWNER, GenerationRequest, Job, JobStatus, Mode
+from kling_mcp.models import (
+    CANCELLED,
+    DOWNLOAD_OWED,
+    FINAL,
+    LOCAL_OWNER,
+    NOT_REUSED,
+    GenerationRequest,
+    Job,
+    JobStatus,
+    Mode,
+)
 from kling_mcp.spend import Guards, check_guards, marks
 from kling_mcp.store.schema import (
     KEPT_HASHES,
@@ -89,7 +99,7 @@ def _existing(owner: str, idempotency_key: str | None, fingerprint: str, since: 
                 )
             return job
     if since is not None:
-        failed = sorted(GATEWAY_FAILED)
+        failed = sorted(NOT_REUSED)
         row = yield from one(
             "SELECT * FROM jobs WHERE principal = ? AND fingerprint = ? AND created_at >= ? "
             f"AND status NOT IN ({marks(failed)}) ORDER BY created_at DESC LIMIT 1",
@@ -139,10 +149,16 @@ def _add_attempt(current: Row, job_id: str, attempt_id: str) -> Op[dict[str, obj
 
 def _update(job_id: str, values: dict[str, object], attempt_id: str | None) -> Op[Job]:
     current = yield from one(
-        f"SELECT attempt_ids, request_id, request_json, request_kept FROM jobs WHERE job_id = ?{FOR_UPDATE}", job_id
+        f"SELECT attempt_ids, request_id, request_json, request_kept, status FROM jobs WHERE job_id = ?{FOR_UPDATE}",
+        job_id,
     )
     if current is None:
         raise _not_found(job_id)
+    if current["status"] == CANCELLED:
+        # Its client gave it up. A driver's write that raced the cancel (a poll answer in flight, perhaps on
+        # another replica) is stale and dropped, so the job neither comes back nor gets downloaded.
+        (row,) = yield from rows("SELECT * FROM jobs WHERE job_id = ?", job_id)
+        return row_to_job(row)
     if attempt_id is not None:
         values.update((yield from _add_attempt(current, job_id, attempt_id)))
     columns = to_columns(values)
