@@ -231,7 +231,7 @@ class Settings:
     database_url: str | None = field(default=None, repr=False, metadata=_env("KLING_MCP_DATABASE_URL", _database_url))
     # seconds a replica's hold on a job lasts without renewal; after that another replica takes the job over
     lease_seconds: float = field(default=15.0, metadata=_env("KLING_MCP_LEASE_SECONDS", _number(0.2)))
-    # this replica's name in the ledger's leases; None: host name and process id
+    # this replica's name in the ledger's leases; None: host name, process id and a per-core suffix (unnamed_replica)
     replica_id: str | None = field(default=None, metadata=_env("KLING_MCP_REPLICA_ID", _replica_id))
     output_dir: Path | None = field(default=None, metadata=_env("KLING_MCP_OUTPUT_DIR", _path))
     download: bool = field(default=True, metadata=_env("KLING_MCP_DOWNLOAD", _flag))
@@ -292,12 +292,6 @@ class Settings:
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or _default_state_dir()
-
-    @property
-    def resolved_replica_id(self) -> str:
-        from kling_mcp.store.ledger import PROCESS_OWNER
-
-        return self.replica_id or PROCESS_OWNER
 
     @property
     def resolved_output_dir(self) -> Path:

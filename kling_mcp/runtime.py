@@ -25,7 +25,7 @@ from kling_mcp.models import Job
 from kling_mcp.netguard import guarded_client, origin_of
 from kling_mcp.pixazo import PixazoClient
 from kling_mcp.previews import MediaWorker, local_video
-from kling_mcp.store import Guards, Ledger, open_ledger
+from kling_mcp.store import Guards, Ledger, open_ledger, unnamed_replica
 from kling_mcp.tls import tls_context
 
 log = logging.getLogger("kling_mcp")
@@ -110,7 +110,7 @@ def _open_blocking(settings: Settings, clock: Callable[[], float]) -> tuple[ssl.
         settings.database_url,
         settings.resolved_state_dir / "ledger.sqlite3",
         clock=clock,
-        replica=settings.resolved_replica_id,
+        replica=settings.replica_id or unnamed_replica(),
     )
     return tls_context(), ledger
 

@@ -122,3 +122,22 @@ async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_nev
     assert done.error is not None
     assert "may or may not have accepted" in done.error
     assert sandbox.gateway.submit_count == 0
+
+
+async def test_two_cores_in_one_process_without_replica_ids_never_take_each_others_jobs(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    # Two in-memory clients of one server each start a core: unnamed, they must not share a name, or the second
+    # would "take back" the first's jobs as its own after a restart and cut its submits off as unknown.
+    unnamed = replica("unused").with_(replica_id=None)
+    async with open_runtime(unnamed) as a:
+        job = (await a.engine.submit(t2v(HELD + "a kestrel hovers"))).job
+        async with open_runtime(unnamed) as b:
+            assert b.engine.store.replica != a.engine.store.replica
+            assert job.job_id not in b.engine._drivers
+            assert job.request_id is not None
+            sandbox.gateway.finish(job.request_id)
+            with anyio.fail_after(20):
+                done = await a.engine.wait(job.id, 20)
+    assert (done.status, done.download_state) == ("completed", "done")
+    assert sandbox.gateway.jobs[job.request_id].media_requests == 1

@@ -20,6 +20,7 @@ from kling_mcp.spend import Guards as Guards  # checked in the ledger's transact
 from kling_mcp.store.ledger import PROCESS_OWNER as PROCESS_OWNER
 from kling_mcp.store.ledger import Ledger as Ledger
 from kling_mcp.store.ledger import owner_is_dead as owner_is_dead
+from kling_mcp.store.ledger import unnamed_replica as unnamed_replica
 from kling_mcp.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
 from kling_mcp.store.schema import JobUpdate as JobUpdate
 from kling_mcp.store.schema import migration as migration

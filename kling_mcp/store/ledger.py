@@ -47,6 +47,17 @@ from kling_mcp.store.sql import FOR_UPDATE, SKIP_LOCKED, Op, Row, T, Write, one,
 # crash from one in flight, and a lease of a process gone from this host is void at once.
 PROCESS_OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
+
+def unnamed_replica() -> str:
+    """A name for a core whose replica id is not configured: the process, plus a suffix of this core's own.
+
+    Two cores can run in one process (a server's in-memory clients each start one): under one name, the second
+    would take the first's leases for its own, as a restarted replica takes back what its name held, and cut
+    the first's submits off as unknown. ``owner_is_dead`` still reads the process from it.
+    """
+    return f"{PROCESS_OWNER}/{secrets.token_hex(4)}"
+
+
 _FINAL, _OWED = sorted(FINAL), sorted(DOWNLOAD_OWED)
 # Jobs that still need work: not final, or final with a download still owed.
 _UNSETTLED: Final = (
@@ -60,7 +71,7 @@ def owner_is_dead(owner: str | None) -> bool:
     """True when ``owner`` was a process on this host that no longer runs."""
     if not owner:
         return False
-    host, _, pid = owner.rpartition(":")
+    host, _, pid = owner.partition("/")[0].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
