@@ -101,6 +101,24 @@ def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) ->
     assert "--insecure-no-auth" in done.stderr
 
 
+def test_http_on_a_shared_ledger_without_a_media_secret_refuses_to_start(tmp_path: Path) -> None:
+    # Replicas behind one URL each sign the player's media links; with a random key per process, a link one replica
+    # made is refused (403) by every other one the load balancer picks.
+    env = {**server_env(tmp_path), "KLING_MCP_DATABASE_URL": "postgresql://kling:hunter2@127.0.0.1:1/kling"}
+    env.pop("KLING_MCP_MEDIA_SECRET", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", "--port", "8999"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "KLING_MCP_MEDIA_SECRET" in done.stderr
+    assert "hunter2" not in done.stderr
+
+
 # --- webhooks ----------------------------------------------------------------------------------------------------
 
 
