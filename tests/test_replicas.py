@@ -122,3 +122,32 @@ async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_nev
     assert done.error is not None
     assert "may or may not have accepted" in done.error
     assert sandbox.gateway.submit_count == 0
+
+
+async def test_a_cancel_on_one_replica_stops_the_driving_one_which_gives_the_lease_back_and_downloads_nothing(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
+        job = (await a.engine.submit(t2v(HELD + "a heron is called off"))).job
+        assert job.request_id is not None
+        assert job.job_id in a.engine._drivers
+        left = anyio.Event()
+        leave = a.engine.leases.leave
+
+        async def leaving(job_id: str, last: Job | None) -> None:
+            await leave(job_id, last)
+            if job_id == job.job_id:
+                left.set()
+
+        a.engine.leases.leave = leaving  # type: ignore[method-assign]
+        with anyio.fail_after(20):
+            await b.engine.cancel(job.id)
+            await left.wait()  # a heard of it (bus or the ledger's changes) and its driver stopped
+        assert job.job_id not in a.engine._drivers
+        sandbox.gateway.finish(job.request_id)  # the gateway renders it anyway
+        with anyio.fail_after(20):
+            await sandbox.gateway.wait_rendered(job.request_id)
+        on_a, on_b = await a.engine.get(job.id), await b.engine.get(job.id)
+    assert on_a.status == on_b.status == "cancelled"
+    assert (on_a.lease_owner, on_a.download_state, on_a.local_path) == (None, "off", None)
+    assert sandbox.gateway.jobs[job.request_id].media_requests == 0
