@@ -260,3 +260,19 @@ async def test_the_key_and_token_appear_nowhere(
     for secret in (API_KEY, TOKEN):
         assert secret not in text
         assert secret[4:20] not in text
+
+
+async def test_a_core_that_failed_to_start_tells_remote_callers_no_detail_of_the_servers_setup(
+    settings: Settings,
+) -> None:
+    # A ledger database that cannot be reached: its error names the database's host and port.
+    unreachable = settings.with_(database_url="postgresql://kling:hunter2@127.0.0.1:1/kling")
+    with anyio.fail_after(60):
+        async with serve(unreachable) as base, mcp_client(base) as client:
+            result = await client.call_tool("list_jobs", {})
+    assert result.is_error
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert "not running" in text
+    assert "server's log" in text
+    for detail in ("port 1", "127.0.0.1", "hunter2"):
+        assert detail not in text
