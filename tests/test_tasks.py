@@ -493,3 +493,23 @@ async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(
     assert after["result"]["status"] == "working"  # the refused cancel did nothing
     assert alice_hears["params"]["notifications"]["taskIds"] == [task_id]
     assert bob_hears["params"]["notifications"]["taskIds"] == []  # another owner's task is not honoured
+
+
+async def test_the_players_app_only_tools_answer_as_they_always_do_even_to_a_declaring_client(
+    settings: Settings,
+) -> None:
+    # The app inside the host calls them and reads their plain results (player.html knows no tasks): a retake is
+    # answered at once with its new job, which the app then follows with player_view.
+    from tests.test_player import APPS
+
+    async with Client(build_server(settings), extensions=[TasksClient(), APPS]) as client:
+        created = await create(client, "a heron, once")
+        with anyio.fail_after(30):
+            await until_settled(client, created.task_id)
+        retake = await call(client, "player_retake", {"request_id": created.task_id})
+        view = await call(client, "player_view", {"request_id": created.task_id})
+    assert isinstance(retake, CallToolResult)
+    assert isinstance(view, CallToolResult)
+    assert retake.structured_content is not None
+    assert retake.structured_content["request_id"] != created.task_id
+    assert retake.structured_content["done"] is False
