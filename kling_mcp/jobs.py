@@ -353,6 +353,8 @@ class JobEngine:
             status=sub.status if sub.status in RUNNING else "queued",
             submitted_at=self._clock(),
             error=None,
+            # Owed again if another replica took the job over meanwhile and recorded it unknown (no video).
+            download_state="pending" if self.config.output_dir is not None else "off",
         )
 
     def _drive(self, job: Job) -> None:

@@ -151,3 +151,26 @@ async def test_a_cancel_on_one_replica_stops_the_driving_one_which_gives_the_lea
     assert on_a.status == on_b.status == "cancelled"
     assert (on_a.lease_owner, on_a.download_state, on_a.local_path) == (None, "off", None)
     assert sandbox.gateway.jobs[job.request_id].media_requests == 0
+
+
+async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_and_downloaded(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    # a is too slow to renew (a starved event loop): b takes the job over mid-submit and records it unknown; then
+    # the gateway's answer reaches a. The job is known again, so its video is still owed.
+    async def starved() -> None:
+        return None
+
+    faults = sandbox.gateway.faults
+    async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
+        setattr(a.engine.leases, "_renew", starved)  # noqa: B010 (mypy: a method is not assignable)
+        faults.rate_slow, faults.slow_s = 1.0, 3 * LEASE_S  # the submit's answer comes after the lease
+        with anyio.fail_after(20):
+            job = (await a.engine.submit(t2v("answered late"))).job
+        faults.rate_slow = 0.0
+        assert job.request_id is not None
+        with anyio.fail_after(20):
+            done = await b.engine.wait(job.id, 20)
+    assert done.status == "completed"
+    assert done.download_state == "done"
+    assert sandbox.gateway.submit_count == 1
