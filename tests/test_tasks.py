@@ -516,34 +516,43 @@ async def test_the_players_app_only_tools_answer_as_they_always_do_even_to_a_dec
 
 
 async def test_a_dedupe_hit_on_a_submit_in_flight_is_named_by_the_request_id_its_submit_brings(
-    settings: Settings, sandbox: Any
+    settings: Settings, sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A task id must not change: the hit waits for the other call's submit instead of naming the task by the
     # ledger's local id, which tasks/get and notifications would answer under another id.
-    faults = sandbox.gateway.faults
-    faults.rate_slow, faults.slow_s = 1.0, 1.0  # every gateway answer takes a second
+    from kling_mcp.pixazo import PixazoClient
+
+    entered, release = anyio.Event(), anyio.Event()
+    real_submit = PixazoClient.submit
+
+    async def held_submit(self: PixazoClient, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()  # the first call's submit stays in flight until the second call has hit it
+        return await real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PixazoClient, "submit", held_submit)
     server = build_server(settings)
     args = {"prompt": HOLD + "asked twice at once", "duration": 3}
     first: list[CreatedTask | CallToolResult] = []
+    second: list[CreatedTask | CallToolResult] = []
     with anyio.fail_after(30):
-        async with Client(server) as plain, tasks_client(server) as client, anyio.create_task_group() as tg:
+        async with tasks_client(server) as client:
+            async with anyio.create_task_group() as tg:
 
-            async def ask_first() -> None:
-                first.append(await call(client, "generate_video", args))
+                async def ask(into: list[CreatedTask | CallToolResult]) -> None:
+                    into.append(await call(client, "generate_video", args))
 
-            tg.start_soon(ask_first)
-            while True:  # until the first call's row exists, its submit in flight
-                listed = await plain.call_tool("list_jobs", {"status": "submitting"})
-                if listed.structured_content and listed.structured_content["jobs"]:
-                    break
-                await anyio.sleep(0.02)
-            faults.rate_slow = 0.0
-            second = await call(client, "generate_video", args)
-            fetched = await get_task(client, second.task_id) if isinstance(second, CreatedTask) else None
+                tg.start_soon(ask, first)
+                await entered.wait()
+                tg.start_soon(ask, second)
+                await anyio.wait_all_tasks_blocked()  # the second call is waiting on the first's submit
+                release.set()
+            (hit,) = second
+            fetched = await get_task(client, hit.task_id) if isinstance(hit, CreatedTask) else None
     (created,) = first
     assert isinstance(created, CreatedTask)
-    assert isinstance(second, CreatedTask)
-    assert second.task_id == created.task_id
+    assert isinstance(hit, CreatedTask)
+    assert hit.task_id == created.task_id
     assert fetched is not None
     assert fetched.task_id == created.task_id
     assert sandbox.gateway.submit_count == 1
