@@ -124,6 +124,7 @@ def _replica_env(plan: Plan, work: Path, name: str, gateway: str, database_url: 
         KLING_MCP_MODE="sandbox",
         PIXAZO_BASE_URL=gateway,
         KLING_MCP_DATABASE_URL=database_url,
+        KLING_MCP_MEDIA_SECRET="bench-replicas-media-key",  # one key for all, as the README asks
         KLING_MCP_LEASE_SECONDS=f"{plan.lease_seconds:g}",
         KLING_MCP_SANDBOX_TIME_SCALE=f"{plan.time_scale:g}",
         KLING_MCP_POLL_INTERVAL=f"{plan.poll_interval * plan.time_scale:g}",

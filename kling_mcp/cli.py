@@ -105,6 +105,14 @@ def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> i
             "--insecure-no-auth.\n"
         )
         return 2
+    if transport == "http" and settings.database_url and not settings.media_secret:
+        # Replicas share one URL: a media link one of them signed with its own random key fails on all the others.
+        sys.stderr.write(
+            "kling-mcp: refusing to serve HTTP on a shared ledger (KLING_MCP_DATABASE_URL) without "
+            "KLING_MCP_MEDIA_SECRET: every replica must sign the player's media links with the same key. Set "
+            "KLING_MCP_MEDIA_SECRET to the same random value on every replica, e.g. `openssl rand -hex 32`.\n"
+        )
+        return 2
     # The one place that knows who the callers are: over HTTP they are other people, not this machine's user.
     server = build_server(settings)
     if transport == "http":

@@ -140,8 +140,11 @@ def _issuer(name: str, raw: str, default: object) -> str:
 
 def _database_url(name: str, raw: str, default: object) -> str:
     if not re.match(r"postgres(ql)?://", raw):
+        # Only a URL scheme is repeated: anything else of the value may be (or hold) the password.
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", raw)
+        got = f"a value starting {scheme.group(1)!r}" if scheme else "a value that is not a URL"
         raise ConfigurationError(
-            f"{name} must be a postgresql:// URL; got a value starting {raw.split(':', 1)[0]!r}.",
+            f"{name} must be a postgresql:// URL; got {got}.",
             hint="Use e.g. postgresql://kling@db.internal:5432/kling, or unset it for the local SQLite ledger.",
         )
     return raw

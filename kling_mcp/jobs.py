@@ -262,11 +262,13 @@ class JobEngine:
         *,
         on_tick: Callable[[Job], Awaitable[None]] | None = None,
         tick: float = 2.0,
+        until: Callable[[Job], bool] = lambda job: job.settled,
     ) -> Job:
-        """Waits up to ``seconds`` for the job to settle; returns it either way. Cancelling only stops the wait."""
+        """Waits up to ``seconds`` for the job to settle (or meet ``until``); returns it either way. Cancelling
+        only stops the wait."""
         job = await self.get(any_id)
         deadline = anyio.current_time() + seconds
-        while not job.settled:
+        while not until(job):
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
@@ -351,6 +353,8 @@ class JobEngine:
             status=sub.status if sub.status in RUNNING else "queued",
             submitted_at=self._clock(),
             error=None,
+            # Owed again if another replica took the job over meanwhile and recorded it unknown (no video).
+            download_state="pending" if self.config.output_dir is not None else "off",
         )
 
     def _drive(self, job: Job) -> None:

@@ -159,6 +159,14 @@ def test_a_zero_frame_rate_means_the_sandbox_default() -> None:
             "KLING_MCP_DATABASE_URL must be a postgresql:// URL; got a value starting 'mysql'.",
             "Use e.g. postgresql://kling@db.internal:5432/kling, or unset it for the local SQLite ledger.",
         ),
+        *(
+            (  # not a URL at all (a libpq keyword string, a scheme-less URL): nothing of the value is repeated
+                {"KLING_MCP_DATABASE_URL": raw},
+                "KLING_MCP_DATABASE_URL must be a postgresql:// URL; got a value that is not a URL.",
+                "Use e.g. postgresql://kling@db.internal:5432/kling, or unset it for the local SQLite ledger.",
+            )
+            for raw in ("host=db user=kling password=hunter2", "hunter2@db/kling", "p@ss:word@db")
+        ),
         (
             {"KLING_MCP_REPLICA_ID": "kling one"},
             "KLING_MCP_REPLICA_ID must be 1 to 100 letters, digits and . _ @ + - : characters; got 'kling one'.",

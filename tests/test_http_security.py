@@ -87,18 +87,28 @@ async def test_configured_hosts_are_allowed(settings: Settings) -> None:
     assert response.status_code != 421
 
 
+def serve_http_process(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    """`kling-mcp serve --transport http` run to its end (a refusal to start)."""
+    command = [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", *flags, "--port", "8999"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "kling_mcp", "serve", "--transport", "http", "--host", "0.0.0.0", "--port", "8999"],
-        env=server_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_http_process(server_env(tmp_path), "--host", "0.0.0.0")
     assert done.returncode == 2
     assert "KLING_MCP_AUTH_TOKEN" in done.stderr
     assert "--insecure-no-auth" in done.stderr
+
+
+def test_http_on_a_shared_ledger_without_a_media_secret_refuses_to_start(tmp_path: Path) -> None:
+    # Replicas behind one URL each sign the player's media links; with a random key per process, a link one replica
+    # made is refused (403) by every other one the load balancer picks.
+    env = {**server_env(tmp_path), "KLING_MCP_DATABASE_URL": "postgresql://kling:hunter2@127.0.0.1:1/kling"}
+    env.pop("KLING_MCP_MEDIA_SECRET", None)
+    done = serve_http_process(env)
+    assert done.returncode == 2
+    assert "KLING_MCP_MEDIA_SECRET" in done.stderr
+    assert "hunter2" not in done.stderr
 
 
 # --- webhooks ----------------------------------------------------------------------------------------------------
@@ -242,3 +252,19 @@ async def test_the_key_and_token_appear_nowhere(
     for secret in (API_KEY, TOKEN):
         assert secret not in text
         assert secret[4:20] not in text
+
+
+async def test_a_core_that_failed_to_start_tells_remote_callers_no_detail_of_the_servers_setup(
+    settings: Settings,
+) -> None:
+    # A ledger database that cannot be reached: its error names the database's host and port.
+    unreachable = settings.with_(database_url="postgresql://kling:hunter2@127.0.0.1:1/kling")
+    with anyio.fail_after(60):
+        async with serve(unreachable) as base, mcp_client(base) as client:
+            result = await client.call_tool("list_jobs", {})
+    assert result.is_error
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert "not running" in text
+    assert "server's log" in text
+    for detail in ("port 1", "127.0.0.1", "hunter2"):
+        assert detail not in text

@@ -141,3 +141,55 @@ async def test_two_cores_in_one_process_without_replica_ids_never_take_each_othe
                 done = await a.engine.wait(job.id, 20)
     assert (done.status, done.download_state) == ("completed", "done")
     assert sandbox.gateway.jobs[job.request_id].media_requests == 1
+
+
+async def test_a_cancel_on_one_replica_stops_the_driving_one_which_gives_the_lease_back_and_downloads_nothing(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
+        job = (await a.engine.submit(t2v(HELD + "a heron is called off"))).job
+        assert job.request_id is not None
+        assert job.job_id in a.engine._drivers
+        left = anyio.Event()
+        leave = a.engine.leases.leave
+
+        async def leaving(job_id: str, last: Job | None) -> None:
+            await leave(job_id, last)
+            if job_id == job.job_id:
+                left.set()
+
+        setattr(a.engine.leases, "leave", leaving)  # noqa: B010 (mypy: a method is not assignable)
+        with anyio.fail_after(20):
+            await b.engine.cancel(job.id)
+            await left.wait()  # a heard of it (bus or the ledger's changes) and its driver stopped
+        assert job.job_id not in a.engine._drivers
+        sandbox.gateway.finish(job.request_id)  # the gateway renders it anyway
+        with anyio.fail_after(20):
+            await sandbox.gateway.wait_rendered(job.request_id)
+        on_a, on_b = await a.engine.get(job.id), await b.engine.get(job.id)
+    assert on_a.status == on_b.status == "cancelled"
+    assert (on_a.lease_owner, on_a.download_state, on_a.local_path) == (None, "off", None)
+    assert sandbox.gateway.jobs[job.request_id].media_requests == 0
+
+
+async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_and_downloaded(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    # a is too slow to renew (a starved event loop): b takes the job over mid-submit and records it unknown; then
+    # the gateway's answer reaches a. The job is known again, so its video is still owed.
+    async def starved() -> None:
+        return None
+
+    faults = sandbox.gateway.faults
+    async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
+        setattr(a.engine.leases, "_renew", starved)  # noqa: B010 (mypy: a method is not assignable)
+        faults.rate_slow, faults.slow_s = 1.0, 3 * LEASE_S  # the submit's answer comes after the lease
+        with anyio.fail_after(20):
+            job = (await a.engine.submit(t2v("answered late"))).job
+        faults.rate_slow = 0.0
+        assert job.request_id is not None
+        with anyio.fail_after(20):
+            done = await b.engine.wait(job.id, 20)
+    assert done.status == "completed"
+    assert done.download_state == "done"
+    assert sandbox.gateway.submit_count == 1

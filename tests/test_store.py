@@ -106,6 +106,34 @@ async def test_a_cancelled_job_keeps_its_status_against_a_late_driver_write(ledg
     assert (await store.get(job.job_id)).status == "cancelled"
 
 
+async def test_a_cancel_that_lost_the_race_to_a_final_status_is_dropped(ledger: Opener) -> None:
+    # The canceller read the job running; meanwhile the replica driving it recorded the finished video.
+    store, driver = ledger(), ledger(replica="r2")
+    job, _ = await store.create(req(), mode="sandbox", dedupe_seconds=600)
+    await driver.update(job.job_id, status="completed", media_url="https://cdn.test/v.mp4")
+    late = await store.update(job.job_id, status="cancelled", download_state="off", error="cancelled by its client")
+    assert (late.status, late.media_url, late.download_state, late.error) == (
+        "completed",
+        "https://cdn.test/v.mp4",
+        "pending",
+        None,
+    )
+
+
+async def test_a_job_cancelled_mid_submit_still_records_the_request_the_gateway_accepted(ledger: Opener) -> None:
+    store = ledger()
+    job, _ = await store.create(req(), mode="sandbox", dedupe_seconds=600)
+    await store.update(job.job_id, status="cancelled", error="cancelled by its client")
+    late = await store.update(job.job_id, attempt_id="req-1", status="queued", polling_url="https://gw.test/s")
+    assert (late.status, late.request_id, list(late.attempt_ids), late.polling_url) == (
+        "cancelled",
+        "req-1",
+        ["req-1"],
+        "https://gw.test/s",
+    )
+    assert (await store.get("req-1")).job_id == job.job_id  # the paid request stays findable by its id
+
+
 async def test_concurrent_creates_from_two_connections_make_one_job_per_key(ledger: Opener) -> None:
     stores = [ledger(), ledger()]
     results: list[bool] = []

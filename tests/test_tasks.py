@@ -493,3 +493,66 @@ async def test_over_http_tasks_are_their_owners_and_name_themselves_in_mcp_name(
     assert after["result"]["status"] == "working"  # the refused cancel did nothing
     assert alice_hears["params"]["notifications"]["taskIds"] == [task_id]
     assert bob_hears["params"]["notifications"]["taskIds"] == []  # another owner's task is not honoured
+
+
+async def test_the_players_app_only_tools_answer_as_they_always_do_even_to_a_declaring_client(
+    settings: Settings,
+) -> None:
+    # The app inside the host calls them and reads their plain results (player.html knows no tasks): a retake is
+    # answered at once with its new job, which the app then follows with player_view.
+    from tests.test_player import APPS
+
+    async with Client(build_server(settings), extensions=[TasksClient(), APPS]) as client:
+        created = await create(client, "a heron, once")
+        with anyio.fail_after(30):
+            await until_settled(client, created.task_id)
+        retake = await call(client, "player_retake", {"request_id": created.task_id})
+        view = await call(client, "player_view", {"request_id": created.task_id})
+    assert isinstance(retake, CallToolResult)
+    assert isinstance(view, CallToolResult)
+    assert retake.structured_content is not None
+    assert retake.structured_content["request_id"] != created.task_id
+    assert retake.structured_content["done"] is False
+
+
+async def test_a_dedupe_hit_on_a_submit_in_flight_is_named_by_the_request_id_its_submit_brings(
+    settings: Settings, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task id must not change: the hit waits for the other call's submit instead of naming the task by the
+    # ledger's local id, which tasks/get and notifications would answer under another id.
+    from kling_mcp.pixazo import PixazoClient
+
+    entered, release = anyio.Event(), anyio.Event()
+    real_submit = PixazoClient.submit
+
+    async def held_submit(self: PixazoClient, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()  # the first call's submit stays in flight until the second call has hit it
+        return await real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PixazoClient, "submit", held_submit)
+    server = build_server(settings)
+    args = {"prompt": HOLD + "asked twice at once", "duration": 3}
+    first: list[CreatedTask | CallToolResult] = []
+    second: list[CreatedTask | CallToolResult] = []
+    with anyio.fail_after(30):
+        async with tasks_client(server) as client:
+            async with anyio.create_task_group() as tg:
+
+                async def ask(into: list[CreatedTask | CallToolResult]) -> None:
+                    into.append(await call(client, "generate_video", args))
+
+                tg.start_soon(ask, first)
+                await entered.wait()
+                tg.start_soon(ask, second)
+                await anyio.wait_all_tasks_blocked()  # the second call is waiting on the first's submit
+                release.set()
+            (hit,) = second
+            fetched = await get_task(client, hit.task_id) if isinstance(hit, CreatedTask) else None
+    (created,) = first
+    assert isinstance(created, CreatedTask)
+    assert isinstance(hit, CreatedTask)
+    assert hit.task_id == created.task_id
+    assert fetched is not None
+    assert fetched.task_id == created.task_id
+    assert sandbox.gateway.submit_count == 1

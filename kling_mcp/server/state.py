@@ -22,6 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from kling_mcp.config import Settings
 from kling_mcp.server.notify import Notifier
 from kling_mcp.server.owners import owner_of
+from kling_mcp.server.results import REMOTE_CALLER
 
 if TYPE_CHECKING:
     from kling_mcp.runtime import Runtime
@@ -80,7 +81,9 @@ class Startup:
         with anyio.fail_after(STARTUP_WAIT_S):
             await self._done.wait()
         if self._runtime is None:
-            reason = self._failure or "it is stopping"
+            # A remote caller is not told the failure itself: it may name the server's folders or its database.
+            reason = "it failed to start" if self._failure and REMOTE_CALLER.get() else self._failure
+            reason = reason or "it is stopping"
             raise ToolError(f"The server's core is not running ({reason}); check the server's log and restart it.")
         return self._runtime
 

@@ -179,4 +179,9 @@ class Tasks(Extension):
             return result
         runtime: Runtime = await ctx.lifespan_context.runtime()
         job = await owned_job(runtime, job_id, owner_of(ctx))
+        if job.status == "submitting":
+            # A dedupe hit on a submit still in flight (another call's, perhaps on another replica): its task id
+            # is the gateway's request id once that submit is answered, so the task is named only then.
+            budget = 2 * runtime.settings.request_timeout
+            job = await runtime.engine.wait(job.job_id, budget, tick=0.1, until=lambda j: j.status != "submitting")
         return {"resultType": "task", **task_of(job, runtime)}

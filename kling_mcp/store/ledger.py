@@ -64,6 +64,8 @@ _UNSETTLED: Final = (
     f"(status NOT IN ({marks(_FINAL)}) OR (status = 'completed' AND download_state IN ({marks(_OWED)})))"
 )
 _UNSETTLED_ARGS: Final = (*_FINAL, *_OWED)
+# What a submit's answer may still record on a job cancelled meanwhile (with its attempt's ids).
+_KEPT_AFTER_CANCEL: Final = frozenset({"polling_url", "submitted_at", "updated_at"})
 _BATCH: Final = 500  # ids per statement, well inside every backend's parameter limit
 
 
@@ -165,9 +167,14 @@ def _update(job_id: str, values: dict[str, object], attempt_id: str | None) -> O
     )
     if current is None:
         raise _not_found(job_id)
-    if current["status"] == CANCELLED:
-        # Its client gave it up. A driver's write that raced the cancel (a poll answer in flight, perhaps on
-        # another replica) is stale and dropped, so the job neither comes back nor gets downloaded.
+    cancelling = values.get("status") == CANCELLED
+    if current["status"] == CANCELLED and attempt_id is not None:
+        # A submit answered after the cancel: the request the gateway accepted (and may bill) stays findable.
+        values = {name: value for name, value in values.items() if name in _KEPT_AFTER_CANCEL}
+    elif current["status"] == CANCELLED or (cancelling and current["status"] in FINAL):
+        # A driver's write that raced the cancel (a poll answer in flight, perhaps on another replica) is stale
+        # and dropped, so the job neither comes back nor gets downloaded; so is a cancel that read the job before
+        # it went final, whose outcome stands.
         (row,) = yield from rows("SELECT * FROM jobs WHERE job_id = ?", job_id)
         return row_to_job(row)
     if attempt_id is not None:
