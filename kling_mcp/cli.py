@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> int:
     from kling_mcp.config import Settings
-    from kling_mcp.server import LOOPBACK_HOSTS, build_server, log_to_stderr
+    from kling_mcp.server import LOOPBACK_HOSTS, build_server, freeze_heap, log_to_stderr
 
     try:
         settings = Settings.from_env(os.environ)
@@ -115,6 +115,7 @@ def _serve(transport: str, host: str, port: int, *, insecure: bool = False) -> i
         return 2
     # The one place that knows who the callers are: over HTTP they are other people, not this machine's user.
     server = build_server(settings)
+    freeze_heap()
     if transport == "http":
         _serve_http(server, settings, host, port)
     else:

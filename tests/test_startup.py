@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 import pytest
 
@@ -32,6 +34,33 @@ async def test_the_core_starts_by_itself_when_its_grace_ends(settings: Settings)
         with anyio.fail_after(30):
             await startup.runtime(start=False)
         startup.stop()
+
+
+async def _start_core(settings: Settings) -> None:
+    startup = Startup(grace=3600.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(startup.run, settings, Notifier(bus=OwnerBus()), None)
+        with anyio.fail_after(30):
+            await startup.runtime()
+        startup.stop()
+
+
+async def test_a_serving_process_that_froze_its_heap_freezes_the_cores_objects_too(settings: Settings) -> None:
+    # kling-mcp serve freezes its start-up heap; the core, started later, would otherwise be walked by every full
+    # collection (the event loop's longest pauses with 1,000 jobs in flight).
+    gc.freeze()
+    try:
+        frozen_before_core = gc.get_freeze_count()
+        await _start_core(settings)
+        assert gc.get_freeze_count() > frozen_before_core, "the core's objects were left to the collector"
+    finally:
+        gc.unfreeze()
+
+
+async def test_a_process_that_never_froze_is_left_to_the_collector(settings: Settings) -> None:
+    assert gc.get_freeze_count() == 0
+    await _start_core(settings)
+    assert gc.get_freeze_count() == 0, "starting the core froze a heap nobody asked to freeze (tests, embedders)"
 
 
 def test_answering_the_handshake_needs_none_of_the_cores_engine_modules() -> None:

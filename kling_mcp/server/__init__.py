@@ -16,5 +16,6 @@
 from kling_mcp.server.app import build_server
 from kling_mcp.server.http import LOOPBACK_HOSTS, http_security
 from kling_mcp.server.logs import log_to_stderr, uvicorn_log_config
+from kling_mcp.server.state import freeze_heap
 
-__all__ = ["LOOPBACK_HOSTS", "build_server", "http_security", "log_to_stderr", "uvicorn_log_config"]
+__all__ = ["LOOPBACK_HOSTS", "build_server", "freeze_heap", "http_security", "log_to_stderr", "uvicorn_log_config"]

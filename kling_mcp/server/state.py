@@ -10,6 +10,7 @@ and a server nobody talks to still resumes its unfinished jobs.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +34,17 @@ STARTUP_WAIT_S = 120.0  # a handler waits at most this long for the core to star
 START_GRACE_S = 1.0  # the core starts at the latest this long after the server, with or without a client
 
 
+def freeze_heap() -> None:
+    """Moves what the process holds so far (modules, schemas, the server) out of the collector's reach.
+
+    A full collection walks every tracked object and stops the event loop while it does: with 1,000 jobs in flight
+    those pauses were 90-170 ms, most of the walk over start-up objects that live as long as the process. Frozen,
+    they are never walked again (a cycle already garbage now is kept, once; nothing frozen was going to be freed).
+    Called by the process that serves (``kling-mcp serve``), not by tests that build servers in one interpreter.
+    """
+    gc.freeze()
+
+
 @dataclass
 class Startup:
     """The core's lifetime, run as a task beside the server."""
@@ -53,6 +65,8 @@ class Startup:
         try:
             async with open_runtime(settings, transport=transport, listeners=[notifier.on_job]) as runtime:
                 self._runtime = runtime
+                if gc.get_freeze_count():
+                    freeze_heap()  # the process froze its start-up heap: the core's modules and objects join it
                 self._done.set()
                 await self._stop.wait()
         except Exception as exc:  # the server keeps answering, and says why it cannot work
