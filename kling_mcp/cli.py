@@ -41,7 +41,7 @@ def _parser(*, gateway_flags: bool = True) -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--replica-id",
-        help="this replica's name in the shared ledger's leases (sets KLING_MCP_REPLICA_ID; default: host:pid)",
+        help="this replica's name in the shared ledger's leases (sets KLING_MCP_REPLICA_ID; default: host:pid plus a suffix of its own)",
     )
     sub.add_parser("demo", help="run the sandbox demo: a real MCP client drives the server over stdio")
     doctor = sub.add_parser(
