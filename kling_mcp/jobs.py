@@ -145,19 +145,24 @@ class JobEngine:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[JobEngine]:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                await self._resume_unleased_submits()
-                await self.leases.take_over(self._adopt, own=True)  # what this replica's name held before a restart
-                log.info("resumed unfinished jobs from the ledger")
-                tg.start_soon(self.leases.keep, self._adopt, name="leases")
-                await tg.start(self.feed.run, name="other replicas' changes")
-                tg.start_soon(self._prune_now_and_then, name="ledger pruning")
-                yield self
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()
+        held: frozenset[str] = frozenset()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    await self._resume_unleased_submits()
+                    await self.leases.take_over(self._adopt, own=True)  # what this replica's name held before a restart
+                    log.info("resumed unfinished jobs from the ledger")
+                    tg.start_soon(self.leases.keep, self._adopt, name="leases")
+                    await tg.start(self.feed.run, name="other replicas' changes")
+                    tg.start_soon(self._prune_now_and_then, name="ledger pruning")
+                    yield self
+                finally:
+                    self._tg = None
+                    held = self.leases.held()  # what the drivers about to stop were driving
+                    tg.cancel_scope.cancel()
+        finally:
+            await self.leases.release(held)  # every driver has stopped
 
     async def _resume_unleased_submits(self) -> None:
         """'submitting' rows no replica ever leased (written before leases): cut off if their process is gone or

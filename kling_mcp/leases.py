@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 TAKE_OVER_BATCH: Final = 200  # jobs per takeover statement, so one replica's restart never locks the whole ledger
 MIN_SCAN_S: Final = 0.05
+RELEASE_S: Final = 5.0  # how long a stopping replica spends giving its leases back
 
 Adopt = Callable[[Job], Awaitable[None]]
 
@@ -82,9 +83,23 @@ class Leases:
         self.drop(job_id)
         if job is not None and job.settled:
             try:
-                await self.store.release_lease(job_id)
+                await self.store.release_leases([job_id])
             except Exception:  # it lapses by itself
                 log.exception("releasing the lease of %s failed", job_id)
+
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    async def release(self, job_ids: frozenset[str]) -> None:
+        """Gives the leases back when the replica stops, so another (or this one restarted) takes the jobs over at
+        once instead of after the lease. Bounded: what is not released in time lapses by itself."""
+        if not job_ids:
+            return
+        with anyio.move_on_after(RELEASE_S, shield=True):
+            try:
+                await self.store.release_leases(job_ids)
+            except Exception:  # they lapse by themselves
+                log.exception("giving back %d leases on the way out failed", len(job_ids))
 
     async def _dead(self) -> list[str]:
         return [owner for owner in await self.store.lease_holders() if owner_is_dead(owner)]

@@ -193,3 +193,18 @@ async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_an
     assert done.status == "completed"
     assert done.download_state == "done"
     assert sandbox.gateway.submit_count == 1
+
+
+async def test_a_replica_that_stops_gives_its_leases_back_so_another_takes_over_at_once(
+    replica: Callable[[str], Settings], sandbox: Any
+) -> None:
+    long_lease = 60.0  # far longer than the wait below: only a lease given back explains a takeover in time
+    async with open_runtime(replica("b").with_(lease_seconds=long_lease)) as b:
+        async with open_runtime(replica("a").with_(lease_seconds=long_lease)) as a:
+            job = (await a.engine.submit(t2v(HELD + "a heron flies home"))).job
+            assert job.request_id is not None
+        assert (await b.engine.get(job.id)).lease_owner is None
+        sandbox.gateway.finish(job.request_id)
+        with anyio.fail_after(15):
+            done = await b.engine.wait(job.id, 15)
+    assert (done.status, done.download_state) == ("completed", "done")

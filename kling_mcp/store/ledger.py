@@ -472,16 +472,16 @@ class Ledger:
             held.update(str(r["job_id"]) for r in found)
         return held
 
-    async def release_lease(self, job_id: str) -> None:
-        """Gives up this replica's lease on a job it no longer drives."""
-        await self._run(
-            lambda: rows(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE job_id = ? AND lease_owner = ?",
-                job_id,
-                self.replica,
-            ),
-            write="row",
-        )
+    async def release_leases(self, job_ids: Iterable[str]) -> None:
+        """Gives up this replica's leases on jobs it no longer drives (settled, or the replica is stopping)."""
+        ids = sorted(job_ids)  # in id order, as renew_leases locks them
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            sql = (
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
+                f"WHERE lease_owner = ? AND job_id IN ({marks(batch)})"
+            )
+            await self._run(functools.partial(rows, sql, self.replica, *batch), write="row")
 
     async def lease_holders(self) -> list[str]:
         """Other replicas holding live leases on unsettled jobs (to tell which of them are gone)."""
