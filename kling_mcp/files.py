@@ -113,7 +113,11 @@ def publish_new(tmp: Path, dest: Path) -> Path:
                     pass
             except FileExistsError:
                 continue
-            os.replace(tmp, candidate)
+            try:
+                os.replace(tmp, candidate)
+            except OSError:
+                candidate.unlink(missing_ok=True)  # the reserved name, still empty: never leave it as a "video"
+                raise
         return candidate
     raise FileExistsError(f"{dest} and {_NAME_TRIES - 1} numbered names after it are all taken")
 

@@ -231,6 +231,14 @@ class PixazoClient:
             dest = await anyio.to_thread.run_sync(publish_new, tmp, dest)
         except httpx2.TransportError as exc:
             raise GatewayConnectionError(f"Download failed ({type(exc).__name__}).", maybe_sent=False) from None
+        except OSError as exc:
+            # Saving failed, not the gateway (a full disk; a temporary file another process on a shared folder
+            # removed): a download error the engine counts and retries, never an exception that stops the engine.
+            # The text leaves the server's paths out.
+            raise DownloadError(
+                f"Could not save the video ({exc.strerror or type(exc).__name__}).",
+                hint="It will be retried; check that the output folder is writable and has space.",
+            ) from None
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.Path(tmp).unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import anyio.lowlevel
 import httpx2
 import pytest
 
-from kling_mcp import limits
+from kling_mcp import files, limits, pixazo
 from kling_mcp.errors import (
     AuthenticationError,
     ChallengePageError,
@@ -233,6 +233,22 @@ async def test_an_expired_media_url_is_a_download_error_and_leaves_no_file(rig: 
     rig.gateway.config.faults.rate_media_404 = 1.0
     with pytest.raises(DownloadError):
         await rig.client.download(done.media_urls[0], tmp_path / "out" / "x.mp4")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+async def test_a_file_that_cannot_be_saved_is_a_download_error_that_names_no_path(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = await until_done(rig, (await rig.client.submit(t2v())).request_id)
+
+    def removed_meanwhile(tmp: Path, dest: Path) -> Path:
+        tmp.unlink()  # as another process sharing the output folder might
+        return files.publish_new(tmp, dest)
+
+    monkeypatch.setattr(pixazo, "publish_new", removed_meanwhile)
+    with pytest.raises(DownloadError) as caught:
+        await rig.client.download(done.media_urls[0], tmp_path / "out" / "x.mp4")
+    assert str(tmp_path) not in caught.value.message
     assert list((tmp_path / "out").iterdir()) == []
 
 
