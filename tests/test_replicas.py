@@ -203,7 +203,7 @@ async def test_a_replica_that_stops_gives_its_leases_back_so_another_takes_over_
         async with open_runtime(replica("a").with_(lease_seconds=long_lease)) as a:
             job = (await a.engine.submit(t2v(HELD + "a heron flies home"))).job
             assert job.request_id is not None
-        assert (await b.engine.get(job.id)).lease_owner is None
+        assert (await b.engine.get(job.id)).lease_owner in (None, "b")  # given back (and maybe taken already)
         sandbox.gateway.finish(job.request_id)
         with anyio.fail_after(15):
             done = await b.engine.wait(job.id, 15)
