@@ -17,7 +17,10 @@ from kling_mcp.runtime import open_runtime
 
 pytestmark = pytest.mark.anyio
 
-LEASE_S = 0.6
+LEASE_S = 0.6  # for the tests of a lease lapsing: a takeover comes fast
+# For every other test: a lease no busy machine outlasts, so no replica takes over a job it should only watch (with
+# 0.6 s, a loaded CI machine let one lapse now and then, and the other replica then rightly took the job over).
+STEADY_LEASE_S = 30.0
 HELD = "[sandbox:hold] "  # the sandbox keeps such a job running until the test finishes it
 
 
@@ -29,7 +32,8 @@ def t2v(prompt: str) -> GenerationRequest:
 def replica(settings: Settings, ledger_kind: str, ledger_url: str) -> Callable[[str], Settings]:
     def make(name: str, **changes: Any) -> Settings:
         database_url = ledger_url if ledger_kind == "postgres" else None  # SQLite: the shared state folder
-        return settings.with_(replica_id=name, lease_seconds=LEASE_S, database_url=database_url, **changes)
+        changes.setdefault("lease_seconds", STEADY_LEASE_S)
+        return settings.with_(replica_id=name, database_url=database_url, **changes)
 
     return make
 
@@ -69,8 +73,8 @@ async def test_a_wait_on_one_replica_returns_when_another_finishes_the_job(
 async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another_within_the_lease(
     replica: Callable[[str], Settings], sandbox: Any
 ) -> None:
-    async with open_runtime(replica("b")) as b:
-        async with open_runtime(replica("a")) as a:
+    async with open_runtime(replica("b", lease_seconds=LEASE_S)) as b:
+        async with open_runtime(replica("a", lease_seconds=LEASE_S)) as a:
             job = (await a.engine.submit(t2v(HELD + "a heron takes off"))).job
             assert job.request_id is not None
         stopped = time.monotonic()  # a's drivers are gone; its lease is left to lapse, as a killed one's is
@@ -110,12 +114,12 @@ async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_nev
 ) -> None:
     from kling_mcp.store import open_ledger
 
-    settings = replica("a")
+    settings = replica("a", lease_seconds=LEASE_S)
     # What replica a leaves when it dies between recording a job and hearing the gateway: a leased 'submitting' row.
     dead = open_ledger(settings.database_url, settings.resolved_state_dir / "ledger.sqlite3", replica="a")
     job, _ = await dead.create(t2v("cut off mid-submit"), mode="sandbox", lease_seconds=LEASE_S)
     await dead.aclose()
-    async with open_runtime(replica("b")) as b:
+    async with open_runtime(replica("b", lease_seconds=LEASE_S)) as b:
         with anyio.fail_after(20):
             done = await b.engine.wait(job.job_id, 20)
     assert done.status == "unknown"
@@ -181,7 +185,8 @@ async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_an
         return None
 
     faults = sandbox.gateway.faults
-    async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
+    short = {"lease_seconds": LEASE_S}
+    async with open_runtime(replica("a", **short)) as a, open_runtime(replica("b", **short)) as b:
         setattr(a.engine.leases, "_renew", starved)  # noqa: B010 (mypy: a method is not assignable)
         faults.rate_slow, faults.slow_s = 1.0, 3 * LEASE_S  # the submit's answer comes after the lease
         with anyio.fail_after(20):
@@ -198,9 +203,9 @@ async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_an
 async def test_a_replica_that_stops_gives_its_leases_back_so_another_takes_over_at_once(
     replica: Callable[[str], Settings], sandbox: Any
 ) -> None:
-    long_lease = 60.0  # far longer than the wait below: only a lease given back explains a takeover in time
-    async with open_runtime(replica("b").with_(lease_seconds=long_lease)) as b:
-        async with open_runtime(replica("a").with_(lease_seconds=long_lease)) as a:
+    # The steady lease is far longer than the wait below: only a lease given back explains a takeover in time.
+    async with open_runtime(replica("b")) as b:
+        async with open_runtime(replica("a")) as a:
             job = (await a.engine.submit(t2v(HELD + "a heron flies home"))).job
             assert job.request_id is not None
         assert (await b.engine.get(job.id)).lease_owner in (None, "b")  # given back (and maybe taken already)

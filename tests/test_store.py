@@ -478,6 +478,46 @@ async def test_opening_a_ledger_again_migrates_nothing(ledger: Opener) -> None:
     assert (await again.get(job.job_id)).job_id == job.job_id
 
 
+async def test_an_operation_whose_caller_is_cancelled_lands_whole_or_not_at_all_and_keeps_its_connection(
+    ledger: Opener,
+) -> None:
+    # A driver stopped by a lost lease, or a client that gives up, cancels its task mid-call. The write lands whole
+    # or not at all, and the backend keeps its connections: on PostgreSQL, psycopg's cleanup of a query cancelled
+    # under anyio dropped the connection each time, and left one open when cut between two statements.
+    store = ledger()
+    job, _ = await store.create(req(), mode="sandbox")
+    last = 0
+    for attempt in range(1, 41):
+        with anyio.move_on_after(attempt * 0.0002):  # 0.2 ms to 8 ms: before, during and after the statements
+            await store.update(job.job_id, download_attempts=attempt)
+        now = (await store.get(job.job_id)).download_attempts
+        assert now in (last, attempt)
+        last = now
+    assert last > 0  # the longer waits let writes through
+    pool = getattr(store, "_pool", None)
+    if pool is not None:  # PostgreSQL: no cancelled call cost a connection
+        assert pool.get_stats()["connections_num"] <= pool.max_size
+
+
+@pytest.mark.postgres
+async def test_a_postgres_ledger_whose_first_call_is_cancelled_leaves_no_pool_behind(postgres_server: Any) -> None:
+    import gc
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from kling_mcp.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_server.new_database())
+    with anyio.move_on_after(0.001):  # while the pool opens its first connections
+        await store.unsettled()
+    await store.aclose()
+    gc.collect()
+    left = [pool for pool in gc.get_objects() if isinstance(pool, AsyncConnectionPool) and not pool.closed]
+    for pool in left:  # before: a pool nobody could close, whose workers hung the event loop's shutdown
+        await pool.close()
+    assert left == []
+
+
 @pytest.mark.postgres
 def test_postgres_records_each_schema_version_and_keeps_times_as_double_precision(
     postgres_server: Any,

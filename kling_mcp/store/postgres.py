@@ -12,6 +12,12 @@ How transactions hold across replicas (READ COMMITTED, PostgreSQL's default):
   (``FOR UPDATE SKIP LOCKED``), so replicas taking over at once share the jobs out instead of waiting.
 - a deadlock PostgreSQL breaks (rare: a renewal and a prune meeting on rows) runs the operation again.
 Every change announces its job on ``NOTIFY kling_mcp`` in the same transaction: the other replicas' bus.
+
+A started operation runs to its end before a cancellation reaches its caller (``_to_the_end``), as SQLite's do in
+their worker thread: psycopg cleans a cancelled query up for asyncio's one-shot cancellation, and anyio's cancel
+scopes cancel again at every await, which interrupts that cleanup. Unshielded, every cancelled call cost a
+connection, and one cut short between two statements, or while the pool opened, was left open for the garbage
+collector to find.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -41,6 +49,7 @@ _RETRIES: Final = 5
 _CHANGED, _RUNG = "c:", "r:"  # payload prefixes on the channel
 POOL_SIZE: Final = 10
 LISTEN_RETRY_S: Final = 1.0
+OPERATION_TIMEOUT_S: Final = 30.0  # one operation, queueing for a connection included; psycopg_pool's own default
 
 
 @functools.lru_cache(maxsize=512)
@@ -79,9 +88,15 @@ class PostgresStore(Ledger):
                     min_size=2,
                     max_size=POOL_SIZE,
                     kwargs={"autocommit": True, "row_factory": dict_row},
+                    timeout=OPERATION_TIMEOUT_S,
                     open=False,
                 )
-                await pool.open(wait=True)
+                try:
+                    await pool.open(wait=True, timeout=OPERATION_TIMEOUT_S)
+                except BaseException:  # an unreachable server: no pool left reconnecting in the background
+                    with anyio.CancelScope(shield=True):
+                        await pool.close()
+                    raise
                 self._pool = pool
             return self._pool
 
@@ -89,11 +104,17 @@ class PostgresStore(Ledger):
         """Nothing to do before the pool opens; an open pool closes with ``aclose``."""
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with _to_the_end():
+                await pool.close()
 
     async def _run(self, op: Callable[[], Op[T]], *, write: Write = None, announce: Iterable[str] = ()) -> T:
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already starts nothing (as SQLite's)
+        with _to_the_end():
+            return await self._run_to_the_end(op, write=write, announce=announce)
+
+    async def _run_to_the_end(self, op: Callable[[], Op[T]], *, write: Write, announce: Iterable[str]) -> T:
         pool = await self._connections()
         for attempt in range(_RETRIES):
             try:
@@ -115,9 +136,11 @@ class PostgresStore(Ledger):
         raise AssertionError("unreachable")
 
     async def ring(self, job_id: str) -> bool:
-        pool = await self._connections()
-        async with pool.connection() as conn:
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _RUNG + job_id))
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        with _to_the_end():
+            pool = await self._connections()
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _RUNG + job_id))
         return True
 
     async def listen(
@@ -142,6 +165,14 @@ class PostgresStore(Ledger):
             except psycopg.OperationalError as exc:
                 log.warning("ledger bus lost (%s); listening again in %.0f s", type(exc).__name__, LISTEN_RETRY_S)
                 await anyio.sleep(LISTEN_RETRY_S)
+
+
+@contextmanager
+def _to_the_end() -> Iterator[None]:
+    """Shields a started operation from its caller's cancellation (see the module's notes), within a bound, so a
+    server that stops answering fails the operation instead of hanging it."""
+    with anyio.fail_after(OPERATION_TIMEOUT_S, shield=True):
+        yield
 
 
 async def _drive(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
