@@ -29,7 +29,7 @@ def t2v(prompt: str) -> GenerationRequest:
 
 
 @pytest.fixture
-def replica(settings: Settings, ledger_kind: str, ledger_url: str) -> Callable[[str], Settings]:
+def replica(settings: Settings, ledger_kind: str, ledger_url: str) -> Callable[..., Settings]:
     def make(name: str, **changes: Any) -> Settings:
         database_url = ledger_url if ledger_kind == "postgres" else None  # SQLite: the shared state folder
         changes.setdefault("lease_seconds", STEADY_LEASE_S)
@@ -39,7 +39,7 @@ def replica(settings: Settings, ledger_kind: str, ledger_url: str) -> Callable[[
 
 
 async def test_a_wait_on_one_replica_returns_when_another_finishes_the_job(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     heard_settled = anyio.Event()
 
@@ -71,7 +71,7 @@ async def test_a_wait_on_one_replica_returns_when_another_finishes_the_job(
 
 
 async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another_within_the_lease(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     async with open_runtime(replica("b", lease_seconds=LEASE_S)) as b:
         async with open_runtime(replica("a", lease_seconds=LEASE_S)) as a:
@@ -110,7 +110,7 @@ async def test_a_webhook_on_a_replica_that_does_not_drive_the_job_makes_the_driv
 
 
 async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_never_sent_again(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     from kling_mcp.store import open_ledger
 
@@ -129,7 +129,7 @@ async def test_a_job_whose_replica_died_mid_submit_is_unknown_on_another_and_nev
 
 
 async def test_two_cores_in_one_process_without_replica_ids_never_take_each_others_jobs(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     # Two in-memory clients of one server each start a core: unnamed, they must not share a name, or the second
     # would "take back" the first's jobs as its own after a restart and cut its submits off as unknown.
@@ -148,7 +148,7 @@ async def test_two_cores_in_one_process_without_replica_ids_never_take_each_othe
 
 
 async def test_a_cancel_on_one_replica_stops_the_driving_one_which_gives_the_lease_back_and_downloads_nothing(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     async with open_runtime(replica("a")) as a, open_runtime(replica("b")) as b:
         job = (await a.engine.submit(t2v(HELD + "a heron is called off"))).job
@@ -177,7 +177,7 @@ async def test_a_cancel_on_one_replica_stops_the_driving_one_which_gives_the_lea
 
 
 async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_and_downloaded(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     # a is too slow to renew (a starved event loop): b takes the job over mid-submit and records it unknown; then
     # the gateway's answer reaches a. The job is known again, so its video is still owed.
@@ -201,7 +201,7 @@ async def test_a_submit_answered_after_another_replica_cut_it_off_is_followed_an
 
 
 async def test_a_replica_that_stops_gives_its_leases_back_so_another_takes_over_at_once(
-    replica: Callable[[str], Settings], sandbox: Any
+    replica: Callable[..., Settings], sandbox: Any
 ) -> None:
     # The steady lease is far longer than the wait below: only a lease given back explains a takeover in time.
     async with open_runtime(replica("b")) as b:
