@@ -111,6 +111,23 @@ async def test_a_closed_legacy_session_is_forgotten(settings: Settings, notifier
     assert notifier.levels == {}
 
 
+async def test_the_server_keeps_no_notification_state_for_finished_jobs(
+    settings: Settings, notifiers: list[Notifier]
+) -> None:
+    # A shared server runs for weeks: what it remembers per job to phrase notifications goes when the job settles.
+    async with Client(build_server(settings)) as client:
+        for n in range(3):
+            made = await client.call_tool("generate_video", {"prompt": f"a heron, take {n}", "duration": 3})
+            assert made.structured_content is not None
+            done = await client.call_tool("check_status", {"request_id": made.structured_content["request_id"]})
+            assert done.structured_content is not None
+            assert done.structured_content["local_path"] is not None  # saved: the job has settled
+        (notifier,) = notifiers
+        with anyio.fail_after(10):
+            while notifier._seen or notifier._said:  # the last listener call may still be on its way
+                await anyio.wait_all_tasks_blocked()
+
+
 @pytest.mark.render_size(640, 360)  # extend_video needs a last frame of at least 300 px
 async def test_remote_callers_see_no_server_paths(settings: Settings, tmp_path: Path) -> None:
     linked = settings.with_(result_links=True)

@@ -124,7 +124,10 @@ class Notifier:
     async def on_job(self, job: Job) -> None:
         """The engine's listener: a new job (or a resubmitted one) also changes the list."""
         listed = job.job_id not in self._seen or (job.status == "queued" and job.attempts == 1)
-        self._seen.add(job.job_id)
+        if job.settled:  # nothing more comes by itself: a long-running server keeps no state per finished job
+            self._seen.discard(job.job_id)
+        else:
+            self._seen.add(job.job_id)
         await self.job_changed(job, listed=listed)
 
     def _news(self, job: Job) -> tuple[LoggingLevel, str] | None:
