@@ -57,6 +57,10 @@ class ConfigurationError(KlingError, code="configuration"):
     """Bad settings or environment: the server will not start."""
 
 
+class LedgerUnavailableError(KlingError, code="ledger_unavailable"):
+    """The shared ledger (PostgreSQL) does not answer: the server tries again by itself."""
+
+
 class Measured(str):
     """What was given, described (its length, its size) rather than quoted: shown as is in an error text."""
 

@@ -1,11 +1,16 @@
-"""The core starts off the critical path: not before it is wanted (or its grace ends), and at once when it is."""
+"""The core starts off the critical path: not before it is wanted (or its grace ends), and at once when it is; a
+ledger that does not answer yet is tried again, a core that cannot start at all says to restart."""
 
 from __future__ import annotations
 
 import gc
+import uuid
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from mcp.server.mcpserver.exceptions import ToolError
 
 from kling_mcp.config import Settings
 from kling_mcp.server.notify import Notifier, OwnerBus
@@ -33,6 +38,43 @@ async def test_the_core_starts_by_itself_when_its_grace_ends(settings: Settings)
         tg.start_soon(startup.run, settings, Notifier(bus=OwnerBus()), None)
         with anyio.fail_after(30):
             await startup.runtime(start=False)
+        startup.stop()
+
+
+@pytest.mark.postgres
+async def test_a_core_whose_ledger_does_not_answer_yet_starts_once_it_does(
+    settings: Settings, postgres_server: Any
+) -> None:
+    # A team's server may start before its database (a compose file, a reboot): it says so, and starts by itself.
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    later = settings.with_(database_url=postgres_server.url(name), replica_id="a")  # no such database yet
+    startup = Startup(grace=0.0, retry_first=3600.0)  # the backoff never ends here: a handler asking retries now
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(startup.run, later, Notifier(bus=OwnerBus()), None)
+        with anyio.fail_after(30), pytest.raises(ToolError) as early:
+            await startup.runtime()
+        assert "starts by itself once its ledger answers" in str(early.value)
+        assert not startup.ready
+        with psycopg.connect(postgres_server.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        with anyio.fail_after(30):
+            runtime = await startup.runtime()
+        assert startup.ready
+        assert await runtime.store.recent(limit=1) == []
+        startup.stop()
+
+
+async def test_a_core_that_cannot_start_for_good_says_to_restart(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    broken = settings.with_(state_dir=tmp_path / "not-a-folder" / "state")  # no ledger can live there
+    startup = Startup(grace=0.0, retry_first=0.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(startup.run, broken, Notifier(bus=OwnerBus()), None)
+        with anyio.fail_after(30), pytest.raises(ToolError) as failed:
+            await startup.runtime()
+        assert "restart it" in str(failed.value)
         startup.stop()
 
 

@@ -35,6 +35,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from kling_mcp.errors import LedgerUnavailableError
 from kling_mcp.store import schema
 from kling_mcp.store.ledger import PROCESS_OWNER, Ledger
 from kling_mcp.store.sql import Op, T, Write
@@ -76,7 +77,14 @@ class PostgresStore(Ledger):
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, replica: str = PROCESS_OWNER) -> None:
         super().__init__(clock=clock, replica=replica)
         self.url = url
-        migrate(url)
+        try:
+            migrate(url)
+        except psycopg.OperationalError as exc:  # psycopg's words name the host and the user, never the password
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LedgerUnavailableError(
+                f"The PostgreSQL ledger (KLING_MCP_DATABASE_URL) does not answer: {reason}.",
+                hint="The server tries again by itself; check that the database runs and accepts this server.",
+            ) from None
         self._pool: AsyncConnectionPool[Any] | None = None
         self._opening = anyio.Lock()
 
