@@ -38,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool
 from kling_mcp.errors import LedgerUnavailableError
 from kling_mcp.store import schema
 from kling_mcp.store.ledger import PROCESS_OWNER, Ledger
-from kling_mcp.store.sql import Op, T, Write
+from kling_mcp.store.sql import Op, T, Write, rows
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,7 @@ class PostgresStore(Ledger):
         raise AssertionError("unreachable")
 
     async def ring(self, job_id: str) -> bool:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        with _to_the_end():
-            pool = await self._connections()
-            async with pool.connection() as conn:
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _RUNG + job_id))
+        await self._run(lambda: rows("SELECT pg_notify(?, ?)", CHANNEL, _RUNG + job_id))
         return True
 
     async def listen(
